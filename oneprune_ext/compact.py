@@ -1,0 +1,211 @@
+"""Physical channel removal, in place, keeping parameters, gradients and optimizer state.
+
+:func:`prune_channels` removes the channels not listed in ``keep`` from every tensor
+the groups touch.  Each parameter stays the *same* ``nn.Parameter`` object (only its
+``.data`` is replaced by a compacted view of its own storage), so an optimizer, hooks
+and references to the parameters stay valid; ``.grad`` and optimizer state tensors of
+the parameter's shape (SGD ``momentum_buffer``, Adam/AdamW ``exp_avg``,
+``exp_avg_sq``, ``max_exp_avg_sq``, ...) are compacted along the same dimensions.
+
+Prune between optimizer steps, with no autograd graph alive that was built from the
+old shapes (a kept loss, a traced graph holding ``grad_fn``), otherwise the next
+backward fails with an "invalid gradient ... shape" error.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from . import reference
+from .groups import ChannelGroup, ChannelGroups, Slice
+
+__all__ = ["prune_channels"]
+
+# The in-place move along one dim.  Swap for the fused op (same signature) with
+# ``_compact = ops.compact_`` once it lands.
+_compact = reference.compact_
+
+
+def _validate_keep(groups: ChannelGroups, keep: Mapping[int, Any]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for gi, idx in keep.items():
+        if isinstance(gi, bool) or not isinstance(gi, int) or not 0 <= gi < len(groups):
+            raise ValueError(f"prune_channels: group index {gi!r} is not in [0, {len(groups)})")
+        g = groups[gi]
+        label = f"group {gi} ({g.name})"
+        if isinstance(idx, torch.Tensor):
+            if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.dim() != 1:
+                raise ValueError(f"prune_channels: {label}: keep must be a 1-D integer tensor or sequence")
+            lst = [int(v) for v in idx.tolist()]
+        else:
+            lst = []
+            for v in idx:
+                if isinstance(v, bool):
+                    raise ValueError(f"prune_channels: {label}: keep entries must be ints, got {v!r}")
+                try:
+                    lst.append(operator.index(v))
+                except TypeError:
+                    raise ValueError(f"prune_channels: {label}: keep entries must be ints, got {v!r}") from None
+        if not lst:
+            raise ValueError(f"prune_channels: {label}: keep is empty (a group must keep at least one channel)")
+        if min(lst) < 0 or max(lst) >= g.size:
+            raise ValueError(f"prune_channels: {label}: kept index out of range [0, {g.size})")
+        for a, b in zip(lst, lst[1:]):
+            if b == a:
+                raise ValueError(f"prune_channels: {label}: duplicate kept index {a}")
+            if b < a:
+                raise ValueError(f"prune_channels: {label}: kept indices are not sorted ({a} before {b})")
+        out[gi] = lst
+    return out
+
+
+def _kept_per_dim(
+    groups: ChannelGroups, keep: dict[int, list[int]], shapes: Mapping[str, tuple[int, ...]]
+) -> dict[tuple[str, int], torch.Tensor]:
+    """Bool masks of kept entries for every (tensor, dim) that loses entries."""
+    removed: dict[tuple[str, int], list[int]] = {}
+    kept: dict[tuple[str, int], list[int]] = {}
+    for gi, g in enumerate(groups):
+        for s in g.slices:
+            if s.name not in shapes:
+                raise ValueError(f"prune_channels: group {gi} ({g.name}) touches unknown tensor '{s.name}'")
+            shape = shapes[s.name]
+            if not 0 <= s.dim < len(shape) or s.offset + g.size * s.block > shape[s.dim]:
+                raise ValueError(
+                    f"prune_channels: group {gi} ({g.name}) slice of '{s.name}' (dim {s.dim}, offset "
+                    f"{s.offset}, block {s.block}, {g.size} channels) does not fit shape {shape}")
+    for gi, lst in keep.items():
+        g = groups[gi]
+        drop = sorted(set(range(g.size)) - set(lst))
+        if not drop:
+            continue
+        for s in g.slices:
+            removed.setdefault((s.name, s.dim), []).extend(s.indices(drop))
+            kept.setdefault((s.name, s.dim), []).extend(s.indices(lst))
+    masks: dict[tuple[str, int], torch.Tensor] = {}
+    for key, rem in removed.items():
+        name, dim = key
+        m = torch.ones(shapes[name][dim], dtype=torch.bool)
+        m[torch.tensor(rem, dtype=torch.long)] = False
+        # a dim shared by several groups keeps the union of their kept entries
+        m[torch.tensor(kept[key], dtype=torch.long)] = True
+        masks[key] = m
+    return masks
+
+
+def _update_module_attrs(model: nn.Module, old_shapes: Mapping[str, tuple[int, ...]], touched: set[str]) -> None:
+    for mname, m in model.named_modules():
+        prefix = f"{mname}." if mname else ""
+        if not any(f"{prefix}{t}" in touched for t in ("weight", "bias", "running_mean", "running_var")):
+            continue
+        if isinstance(m, nn.modules.conv._ConvNd):
+            old_out = old_shapes[f"{prefix}weight"][0]
+            depthwise = m.groups > 1 and m.groups == m.in_channels == old_out
+            m.out_channels = int(m.weight.shape[0])
+            if depthwise:
+                m.groups = m.in_channels = m.out_channels
+            else:
+                m.in_channels = int(m.weight.shape[1]) * m.groups
+        elif isinstance(m, nn.Linear):
+            m.out_features = int(m.weight.shape[0])
+            m.in_features = int(m.weight.shape[1])
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            t = m.weight if m.weight is not None else m.running_mean
+            m.num_features = int(t.shape[0])
+        elif isinstance(m, nn.LayerNorm):
+            t = m.weight if m.weight is not None else m.bias
+            m.normalized_shape = tuple(int(n) for n in t.shape)
+
+
+def prune_channels(
+    model: nn.Module,
+    groups: ChannelGroups,
+    keep: Mapping[int, Sequence[int] | torch.Tensor],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> ChannelGroups:
+    """Remove every channel not kept, in place, and return the updated groups.
+
+    Args:
+        model: the network the groups were traced from (current shapes).
+        groups: its channel groups.
+        keep: group index -> sorted, distinct kept channel indices (ints or a 1-D
+            integer tensor); groups not listed keep all channels.
+        optimizer: optional; per-parameter state tensors with the parameter's shape are
+            compacted along the same dims (momentum, Adam moments).
+
+    Returns:
+        New :class:`ChannelGroups` with sizes ``len(keep[i])`` and slice offsets
+        recomputed (concat offsets shift when earlier channels go).
+
+    Raises:
+        ValueError: a bad ``keep`` (unknown group, empty, unsorted, duplicate,
+            out of range) or groups that do not match the model; nothing is changed.
+    """
+    kept_idx = _validate_keep(groups, keep)
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    tensors: dict[str, torch.Tensor] = {**buffers, **params}
+    shapes = {n: tuple(t.shape) for n, t in tensors.items()}
+    masks = _kept_per_dim(groups, kept_idx, shapes)
+    by_tensor: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    for (name, dim), m in masks.items():
+        if not bool(m.all()):
+            by_tensor.setdefault(name, []).append((dim, m.nonzero().flatten()))
+    # validate optimizer state before changing anything
+    state_moves: list[tuple[dict, str, str]] = []
+    if optimizer is not None:
+        for name, p in params.items():
+            if name not in by_tensor or p not in optimizer.state:
+                continue
+            for key, v in optimizer.state[p].items():
+                if isinstance(v, torch.Tensor) and v.dim() > 0:
+                    if tuple(v.shape) != shapes[name]:
+                        raise ValueError(
+                            f"prune_channels: optimizer state '{key}' of '{name}' has shape {tuple(v.shape)}, "
+                            f"not the parameter's {shapes[name]}; cannot compact it")
+                    state_moves.append((optimizer.state[p], key, name))
+    for name, p in params.items():
+        if name in by_tensor and p.grad is not None and tuple(p.grad.shape) != shapes[name]:
+            raise ValueError(f"prune_channels: .grad of '{name}' does not have the parameter's shape")
+
+    def move(t: torch.Tensor, moves: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+        if not t.is_contiguous():
+            t = t.contiguous()
+        for dim, idx in sorted(moves, key=lambda x: x[0]):
+            t = _compact(t, dim, idx.to(t.device))
+        return t
+
+    with torch.no_grad():
+        for state, key, name in state_moves:
+            state[key] = move(state[key], by_tensor[name])
+        for name, moves in by_tensor.items():
+            t = tensors[name]
+            if name in params:
+                grad = t.grad
+                t.grad = None
+                t.data = move(t.data, moves)
+                if grad is not None:
+                    t.grad = move(grad, moves)
+            else:
+                new = move(t, moves)
+                owner, _, attr = name.rpartition(".")
+                mod = model.get_submodule(owner) if owner else model
+                mod._buffers[attr] = new
+    _update_module_attrs(model, shapes, set(by_tensor))
+
+    new_groups: list[ChannelGroup] = []
+    prefix_kept = {key: torch.cat([torch.zeros(1, dtype=torch.long), m.long().cumsum(0)])
+                   for key, m in masks.items()}
+    for gi, g in enumerate(groups):
+        sl: list[Slice] = []
+        for s in g.slices:
+            pk = prefix_kept.get((s.name, s.dim))
+            off = s.offset if pk is None else int(pk[s.offset])
+            sl.append(Slice(s.name, s.dim, off, s.block, s.is_buffer, s.in_norm))
+        size = len(kept_idx[gi]) if gi in kept_idx else g.size
+        new_groups.append(ChannelGroup(size=size, slices=tuple(sl), name=g.name))
+    return ChannelGroups(new_groups)
