@@ -1,0 +1,101 @@
+"""Shared model cases and helpers for the graph / cost / compact / saving tests."""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from oneprune_ext import models
+from oneprune_ext.groups import ChannelGroups
+
+
+def _vit() -> nn.Module:
+    return torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)
+
+
+# name -> (builder, input shape)
+CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "resnet18": (lambda: torchvision.models.resnet18(weights=None, num_classes=10), (2, 3, 32, 32)),
+    "resnet50": (lambda: torchvision.models.resnet50(weights=None, num_classes=10), (2, 3, 32, 32)),
+    "vgg16_bn": (lambda: torchvision.models.vgg16_bn(weights=None, num_classes=10), (2, 3, 32, 32)),
+    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(weights=None, num_classes=10), (2, 3, 32, 32)),
+    "densenet121": (lambda: torchvision.models.densenet121(weights=None, num_classes=10), (2, 3, 32, 32)),
+    "resnet56": (lambda: models.resnet56(10), (2, 3, 32, 32)),
+    "cifar_vgg16": (lambda: models.vgg16(10), (2, 3, 32, 32)),
+    "mlp": (lambda: models.mlp(64, (48, 32), 10), (2, 1, 8, 8)),
+    "digits_cnn": (lambda: models.digits_cnn(10, 8), (2, 1, 8, 8)),
+    "vit": (_vit, (2, 3, 32, 32)),
+}
+
+
+def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """The model (random init, random BN statistics) and an input batch."""
+    torch.manual_seed(seed)
+    builder, shape = CASES[name]
+    model = builder()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and not bool(p.any()):  # e.g. the ViT head is zero-initialised
+                p.normal_(0, 0.05)
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.normal_(1, 0.2)
+                m.bias.normal_(0, 0.1)
+    return model, torch.randn(*shape)
+
+
+def random_keep(groups: ChannelGroups, seed: int, frac: float = 0.5) -> dict[int, list[int]]:
+    """A random kept subset for every group (at least one channel)."""
+    rng = random.Random(seed)
+    keep: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        n = max(1, min(g.size, round(g.size * rng.uniform(frac * 0.5, min(1.0, frac * 1.5)))))
+        keep[i] = sorted(rng.sample(range(g.size), n))
+    return keep
+
+
+def zero_removed(model: nn.Module, groups: ChannelGroups, keep: dict[int, list[int]]) -> None:
+    """Zero every parameter slice (weights, biases, norm affine) of the removed channels."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for gi, kept in keep.items():
+            g = groups[gi]
+            drop = sorted(set(range(g.size)) - set(kept))
+            for s in g.slices:
+                if s.is_buffer or s.name not in params:
+                    continue
+                idx = torch.tensor(s.indices(drop), dtype=torch.long)
+                if len(idx):
+                    params[s.name].index_fill_(s.dim, idx, 0.0)
+
+
+def kept_indices(groups: ChannelGroups, keep: dict[int, list[int]], shapes: dict[str, tuple[int, ...]]
+                 ) -> dict[str, dict[int, torch.Tensor]]:
+    """Independent computation of the kept entries per tensor dim (for transplanting)."""
+    drop: dict[tuple[str, int], set[int]] = {}
+    for gi, kept in keep.items():
+        g = groups[gi]
+        rem = sorted(set(range(g.size)) - set(kept))
+        for s in g.slices:
+            drop.setdefault((s.name, s.dim), set()).update(s.indices(rem))
+    out: dict[str, dict[int, torch.Tensor]] = {}
+    for (name, dim), rem in drop.items():
+        if rem:
+            idx = [i for i in range(shapes[name][dim]) if i not in rem]
+            out.setdefault(name, {})[dim] = torch.tensor(idx, dtype=torch.long)
+    return out
+
+
+def slice_tensor(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> torch.Tensor:
+    """A copy of ``t`` keeping ``idx`` along each ``dim`` of ``dims``."""
+    t = t.detach().clone()
+    for d, idx in dims.items():
+        t = t.index_select(d, idx)
+    return t
