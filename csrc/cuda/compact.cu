@@ -1,0 +1,79 @@
+// compact_, CUDA kernel: in-place move of kept slices to the front of the storage.
+// A single block sweeps the destination in ascending chunks; every thread reads its
+// chunk's sources before any thread writes, and a destination never lies after its
+// source, so no unread element is ever overwritten. No extra allocation.
+#include <torch/library.h>
+
+#include "segments.cuh"
+
+namespace oneprune {
+namespace cuda {
+namespace {
+
+constexpr int kCompactBlock = 1024;
+constexpr int kIlp = 4;
+
+template <typename E>
+__global__ void __launch_bounds__(kCompactBlock) compact_kernel(E* __restrict__ data, const int64_t* __restrict__ keep,
+                                                                 int64_t outer, int64_t size, int64_t n, int64_t inner) {
+  const int64_t total = outer * n * inner;
+  const int64_t chunk = static_cast<int64_t>(kCompactBlock) * kIlp;
+  for (int64_t start = 0; start < total; start += chunk) {
+    E vals[kIlp];
+#pragma unroll
+    for (int k = 0; k < kIlp; ++k) {
+      const int64_t d = start + k * kCompactBlock + threadIdx.x;
+      if (d < total) {
+        const int64_t b = d % inner;
+        const int64_t aj = d / inner;
+        const int64_t j = aj % n;
+        const int64_t a = aj / n;
+        vals[k] = data[(a * size + keep[j]) * inner + b];
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kIlp; ++k) {
+      const int64_t d = start + k * kCompactBlock + threadIdx.x;
+      if (d < total) data[d] = vals[k];
+    }
+    __syncthreads();
+  }
+}
+
+void compact_cuda(at::Tensor tensor, int64_t dim, const at::Tensor& keep) {
+  const CompactShape s = check_compact(tensor, dim, keep);
+  const int64_t n = keep.numel();
+  if (n == s.size || tensor.numel() == 0) return;  // keep is sorted and unique: nothing moves
+  const c10::cuda::CUDAGuard guard(tensor.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t* k = keep.data_ptr<int64_t>();
+  switch (tensor.element_size()) {
+    case 1:
+      compact_kernel<uint8_t><<<1, kCompactBlock, 0, stream>>>(static_cast<uint8_t*>(tensor.data_ptr()), k, s.outer,
+                                                              s.size, n, s.inner);
+      break;
+    case 2:
+      compact_kernel<uint16_t><<<1, kCompactBlock, 0, stream>>>(static_cast<uint16_t*>(tensor.data_ptr()), k,
+                                                               s.outer, s.size, n, s.inner);
+      break;
+    case 4:
+      compact_kernel<uint32_t><<<1, kCompactBlock, 0, stream>>>(static_cast<uint32_t*>(tensor.data_ptr()), k,
+                                                               s.outer, s.size, n, s.inner);
+      break;
+    case 8:
+      compact_kernel<uint64_t><<<1, kCompactBlock, 0, stream>>>(static_cast<uint64_t*>(tensor.data_ptr()), k,
+                                                               s.outer, s.size, n, s.inner);
+      break;
+    default:
+      TORCH_CHECK_VALUE(false, "compact_: unsupported element size ", tensor.element_size());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+}  // namespace cuda
+
+TORCH_LIBRARY_IMPL(oneprune, CUDA, m) { m.impl("compact_", &cuda::compact_cuda); }
+
+}  // namespace oneprune

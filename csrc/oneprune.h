@@ -1,0 +1,52 @@
+// oneprune_ext: shared declarations for the C++ op schemas and CPU kernels.
+//
+// The channel layout (built in oneprune_ext/layout.py) describes every channel of
+// every group as a list of *segments*. A segment is a 2-D strided chunk of one
+// tensor: `nrows` rows of `row_len` contiguous elements, consecutive rows
+// `row_stride` elements apart, starting at element `base` of the tensor.
+//   segs    int64 [nseg, 5]: (tensor index, base, nrows, row_len, row_stride)
+//   seg_ptr int64 [P, nchan+1]: in phase p, channel c owns segments
+//           seg_ptr[p][c] .. seg_ptr[p][c+1]-1 (segs are sorted by phase, then channel)
+// Phases exist because one weight element belongs to two channels (row o of a conv
+// is output channel o, column i is input channel i). Segments of one phase never
+// overlap, so kernels that write (group lasso, scaling) run one pass per phase with
+// every channel in parallel, deterministically and without atomics; phase p holds the
+// segments along the p-th distinct tensor dimension (rows first, then columns).
+// The data pointers themselves are read from the tensor list at every call, so a
+// re-allocated parameter is never read through a stale pointer.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace oneprune {
+
+constexpr int64_t kSegCols = 5;
+enum SegCol : int64_t { kTensor = 0, kBase = 1, kRows = 2, kRowLen = 3, kRowStride = 4 };
+
+// Validates a (tensors, numels, segs, seg_ptr) quadruple. `what` names the op in
+// messages. Checks devices, dtypes (fp32/fp16/bf16), contiguity and that every
+// tensor still has the element count the layout was built for.
+void check_layout(const char* what, at::TensorList tensors, c10::IntArrayRef numels,
+                  const at::Tensor& segs, const at::Tensor& seg_ptr);
+
+// Checks that `grads` matches `tensors` one to one (shape, dtype, device, contiguity).
+void check_grads(const char* what, at::TensorList tensors, at::TensorList grads);
+
+// Checks a per-channel bool mask and a 0-d fp32 scalar tensor on the layout's device.
+void check_mask(const char* what, const at::Tensor& mask, int64_t nchan,
+                const at::Device& device);
+void check_scalar(const char* what, const char* name, const at::Tensor& s,
+                  const at::Device& device);
+
+// Checks the arguments of compact_ and returns (outer, size, inner) of `tensor`
+// seen as [outer, size(dim), inner].
+struct CompactShape {
+  int64_t outer, size, inner, dim;
+};
+CompactShape check_compact(const at::Tensor& tensor, int64_t dim, const at::Tensor& keep);
+
+}  // namespace oneprune

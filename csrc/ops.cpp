@@ -1,0 +1,124 @@
+// Op schemas (defined once here) and the argument checks shared by CPU and CUDA kernels.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <ATen/ATen.h>
+
+#include "oneprune.h"
+
+// Importing the Python module `oneprune_ext._C` registers the ops below.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace oneprune {
+
+namespace {
+bool supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+}  // namespace
+
+void check_layout(const char* what, at::TensorList tensors, c10::IntArrayRef numels,
+                  const at::Tensor& segs, const at::Tensor& seg_ptr) {
+  TORCH_CHECK_VALUE(tensors.size() == numels.size(), what, ": got ", tensors.size(),
+                    " tensors but the layout describes ", numels.size(),
+                    "; rebuild the ChannelLayout");
+  TORCH_CHECK_VALUE(segs.scalar_type() == at::kLong && segs.dim() == 2 && segs.size(1) == kSegCols &&
+                        segs.is_contiguous(),
+                    what, ": segs must be a contiguous int64 tensor of shape [nseg, 5]");
+  TORCH_CHECK_VALUE(seg_ptr.scalar_type() == at::kLong && seg_ptr.dim() == 2 && seg_ptr.size(0) >= 1 &&
+                        seg_ptr.size(1) >= 1 && seg_ptr.is_contiguous(),
+                    what, ": seg_ptr must be a contiguous int64 tensor of shape [phases, nchan+1]");
+  TORCH_CHECK_VALUE(segs.device() == seg_ptr.device(), what,
+                    ": segs and seg_ptr must be on the same device");
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    TORCH_CHECK_VALUE(t.defined(), what, ": tensor ", i, " is undefined");
+    TORCH_CHECK_VALUE(t.device() == segs.device(), what, ": tensor ", i, " is on ", t.device(),
+                      " but the layout is on ", segs.device(),
+                      "; move the model before building the layout (or call layout.rebuild())");
+    TORCH_CHECK_VALUE(supported_dtype(t.scalar_type()), what, ": tensor ", i, " has dtype ",
+                      t.scalar_type(), "; only float32, float16 and bfloat16 are supported");
+    TORCH_CHECK_VALUE(t.is_contiguous(), what, ": tensor ", i,
+                      " is not contiguous; call .contiguous() on the parameter's data");
+    TORCH_CHECK_VALUE(t.numel() == numels[i], what, ": tensor ", i, " has ", t.numel(),
+                      " elements but the layout was built for ", numels[i],
+                      "; its shape changed behind the layout: call layout.rebuild()");
+  }
+}
+
+void check_grads(const char* what, at::TensorList tensors, at::TensorList grads) {
+  TORCH_CHECK_VALUE(tensors.size() == grads.size(), what, ": got ", grads.size(),
+                    " grads for ", tensors.size(), " tensors");
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    TORCH_CHECK_VALUE(grads[i].defined(), what, ": grad ", i, " is undefined");
+    TORCH_CHECK_VALUE(grads[i].sizes() == tensors[i].sizes() &&
+                          grads[i].scalar_type() == tensors[i].scalar_type() &&
+                          grads[i].device() == tensors[i].device() && grads[i].is_contiguous(),
+                      what, ": grad ", i,
+                      " must be contiguous with the same shape, dtype and device as its tensor");
+  }
+}
+
+void check_mask(const char* what, const at::Tensor& mask, int64_t nchan, const at::Device& device) {
+  TORCH_CHECK_VALUE(mask.scalar_type() == at::kBool && mask.dim() == 1 && mask.numel() == nchan &&
+                        mask.is_contiguous(),
+                    what, ": mask must be a contiguous bool vector with one entry per channel (",
+                    nchan, "), got ", mask.scalar_type(), " of shape ", mask.sizes());
+  TORCH_CHECK_VALUE(mask.device() == device, what, ": mask is on ", mask.device(),
+                    " but the layout is on ", device);
+}
+
+void check_scalar(const char* what, const char* name, const at::Tensor& s, const at::Device& device) {
+  TORCH_CHECK_VALUE(s.scalar_type() == at::kFloat && s.numel() == 1, what, ": ", name,
+                    " must be a float32 tensor with one element");
+  TORCH_CHECK_VALUE(s.device() == device, what, ": ", name, " is on ", s.device(),
+                    " but the layout is on ", device);
+}
+
+CompactShape check_compact(const at::Tensor& tensor, int64_t dim, const at::Tensor& keep) {
+  TORCH_CHECK_VALUE(tensor.dim() >= 1, "compact_: tensor must have at least one dimension");
+  TORCH_CHECK_VALUE(tensor.is_contiguous(), "compact_: tensor must be contiguous");
+  TORCH_CHECK_INDEX(dim >= -tensor.dim() && dim < tensor.dim(), "compact_: dim ", dim,
+                    " is out of range for a tensor of ", tensor.dim(), " dimensions");
+  if (dim < 0) dim += tensor.dim();
+  TORCH_CHECK_VALUE(keep.scalar_type() == at::kLong && keep.dim() == 1 && keep.is_contiguous(),
+                    "compact_: keep must be a contiguous int64 vector of indices");
+  TORCH_CHECK_VALUE(keep.device() == tensor.device(), "compact_: keep is on ", keep.device(),
+                    " but tensor is on ", tensor.device());
+  TORCH_CHECK_VALUE(keep.numel() <= tensor.size(dim), "compact_: keep has ", keep.numel(),
+                    " indices but dim ", dim, " has size ", tensor.size(dim));
+  CompactShape s;
+  s.dim = dim;
+  s.size = tensor.size(dim);
+  s.outer = 1;
+  for (int64_t i = 0; i < dim; ++i) s.outer *= tensor.size(i);
+  s.inner = 1;
+  for (int64_t i = dim + 1; i < tensor.dim(); ++i) s.inner *= tensor.size(i);
+  return s;
+}
+
+TORCH_LIBRARY(oneprune, m) {
+  // Per channel: fp32 sum of squares over all its segments, and the saliency
+  // (1/M) * sum_m ||s_m||^2 / sqrt(len(s_m)) over its M segments.
+  m.def("grouped_norms(Tensor[] tensors, int[] numels, Tensor segs, Tensor seg_ptr) -> (Tensor, Tensor)");
+  // For channels with mask[c]: grad += reg * w / max(||g_c||, eps) on every segment.
+  // Returns reg * sum_{mask} ||g_c|| as a 0-d fp32 tensor.
+  m.def(
+      "group_lasso_grad_(Tensor[] tensors, Tensor(a!)[] grads, int[] numels, Tensor segs, "
+      "Tensor seg_ptr, Tensor mask, Tensor reg, float eps) -> Tensor");
+  // For channels with mask[c]: w *= factor on every segment.
+  m.def(
+      "scale_channels_(Tensor(a!)[] tensors, int[] numels, Tensor segs, Tensor seg_ptr, "
+      "Tensor mask, Tensor factor) -> ()");
+  // Moves the slices keep[0..n) along `dim` to the front of `tensor`'s storage, in
+  // order, as a contiguous [outer, n, inner] block. `keep` must be sorted, unique
+  // and in range (checked by the Python wrapper).
+  m.def("compact_(Tensor(a!) tensor, int dim, Tensor keep) -> ()");
+}
+
+}  // namespace oneprune

@@ -1,0 +1,153 @@
+"""Typed Python wrappers over the compiled ops ``torch.ops.oneprune.*``.
+
+Each op is defined once in C++ (``csrc/ops.cpp``, ``TORCH_LIBRARY``) with CPU and
+CUDA kernels; the fake (meta) kernels below let the ops run under ``torch.compile``
+and ``torch.library.opcheck``.  All per-channel vectors follow the channel order of
+the :class:`~oneprune_ext.layout.ChannelLayout`: every group's channels, in group order.
+
+None of these functions synchronise with the host on CUDA: the group-lasso penalty is
+returned as a 0-d device tensor.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Union
+
+import torch
+
+from . import _C  # noqa: F401  (registers torch.ops.oneprune.*)
+
+if TYPE_CHECKING:
+    from .layout import ChannelLayout
+
+__all__ = ["grouped_norms", "group_lasso_grad_", "scale_channels_", "compact_"]
+
+_ops = torch.ops.oneprune
+Scalar = Union[float, torch.Tensor]
+
+
+def _scalar(value: Scalar, device: torch.device, name: str) -> torch.Tensor:
+    """A float32 one-element tensor on ``device`` (no host sync for device tensors)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        return value.detach().to(device=device, dtype=torch.float32).reshape(())
+    return torch.full((), float(value), dtype=torch.float32, device=device)
+
+
+def _mask(layout: "ChannelLayout", mask: torch.Tensor) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise ValueError("mask must be a bool tensor with one entry per channel of the layout")
+    if mask.shape != (layout.num_channels,):
+        raise ValueError(
+            f"mask has shape {tuple(mask.shape)}, the layout has {layout.num_channels} channels"
+        )
+    return mask.to(layout.device).contiguous()
+
+
+def grouped_norms(layout: "ChannelLayout") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel fp32 sum of squares and saliency, over every coupled slice, in one pass.
+
+    Returns:
+        ``(sq_norm, saliency)``, two fp32 vectors of length ``layout.num_channels``:
+        ``sq_norm[c] = ||g_c||^2`` (all slices of channel ``c`` concatenated) and
+        ``saliency[c] = (1/M) * sum_m ||s_m(c)||^2 / sqrt(len(s_m(c)))`` over its M slices.
+    """
+    tensors, numels, segs, seg_ptr = layout.kernel_args()
+    return _ops.grouped_norms.default(tensors, numels, segs, seg_ptr)
+
+
+def group_lasso_grad_(
+    layout: "ChannelLayout", mask: torch.Tensor, reg: Scalar, eps: float = 1e-12
+) -> torch.Tensor:
+    """Adds the group-lasso gradient ``reg * w / max(||g_c||, eps)`` to ``.grad`` of every
+    slice of the channels in ``mask``, in place.
+
+    Parameters without a ``.grad`` get a zero one first. ``reg`` may be a float or a
+    one-element tensor (keep it a device tensor to make the call CUDA-graph capturable).
+
+    Returns:
+        The penalty ``reg * sum_{c in mask} ||g_c||`` as a 0-d fp32 tensor on the layout's
+        device (not synchronised).
+    """
+    tensors, numels, segs, seg_ptr = layout.kernel_args()
+    grads = layout.grads()
+    return _ops.group_lasso_grad_.default(
+        tensors, grads, numels, segs, seg_ptr, _mask(layout, mask), _scalar(reg, layout.device, "reg"),
+        float(eps),
+    )
+
+
+def scale_channels_(layout: "ChannelLayout", mask: torch.Tensor, factor: Scalar) -> None:
+    """Multiplies every slice of the channels in ``mask`` by ``factor``, in place.
+
+    An entry that belongs to two masked channels (row of one, column of another) is
+    scaled twice, as a per-slice loop would.
+    """
+    tensors, numels, segs, seg_ptr = layout.kernel_args()
+    _ops.scale_channels_.default(
+        tensors, numels, segs, seg_ptr, _mask(layout, mask), _scalar(factor, layout.device, "factor")
+    )
+
+
+def compact_(tensor: torch.Tensor, dim: int, keep: torch.Tensor | list[int]) -> torch.Tensor:
+    """Keeps the slices ``keep`` along ``dim`` of ``tensor``, in its own storage.
+
+    The kept slices move, in order, to the front of the storage (no second full-size
+    allocation); the result is a contiguous view of that storage with
+    ``result.size(dim) == len(keep)``. Use the result in place of ``tensor`` afterwards
+    (for a Parameter: ``p.data = compact_(p.data, dim, keep)``).
+
+    Args:
+        tensor: a contiguous tensor (weights, biases, BN buffers, optimizer state...).
+        dim: the dimension to compact.
+        keep: sorted, unique indices in ``[0, tensor.size(dim))``.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError("compact_: tensor must be a torch.Tensor")
+    if tensor.dim() == 0:
+        raise ValueError("compact_: tensor must have at least one dimension")
+    if not -tensor.dim() <= dim < tensor.dim():
+        raise IndexError(f"compact_: dim {dim} is out of range for a {tensor.dim()}-d tensor")
+    dim = dim % tensor.dim()
+    keep_t = torch.as_tensor(keep, dtype=torch.long)
+    if keep_t.dim() != 1:
+        raise ValueError("compact_: keep must be a 1-d sequence of indices")
+    keep_cpu = keep_t.cpu()
+    size = tensor.size(dim)
+    if keep_cpu.numel():
+        if int(keep_cpu.min()) < 0 or int(keep_cpu.max()) >= size:
+            raise IndexError(f"compact_: keep has indices outside [0, {size}) along dim {dim}")
+        if keep_cpu.numel() > 1 and not bool((keep_cpu[1:] > keep_cpu[:-1]).all()):
+            raise ValueError("compact_: keep must be sorted in increasing order, without duplicates")
+    _ops.compact_.default(tensor, dim, keep_t.to(tensor.device).contiguous())
+    shape = list(tensor.shape)
+    shape[dim] = keep_cpu.numel()
+    numel = 1
+    for s in shape:
+        numel *= s
+    return tensor.view(-1)[:numel].view(shape)
+
+
+# --- fake kernels: shapes only, for torch.compile / FakeTensor / opcheck -----------------
+
+
+@torch.library.register_fake("oneprune::grouped_norms")
+def _grouped_norms_fake(tensors, numels, segs, seg_ptr):
+    n = seg_ptr.shape[1] - 1
+    return seg_ptr.new_empty((n,), dtype=torch.float32), seg_ptr.new_empty((n,), dtype=torch.float32)
+
+
+@torch.library.register_fake("oneprune::group_lasso_grad_")
+def _group_lasso_grad_fake(tensors, grads, numels, segs, seg_ptr, mask, reg, eps):
+    return segs.new_empty((), dtype=torch.float32)
+
+
+@torch.library.register_fake("oneprune::scale_channels_")
+def _scale_channels_fake(tensors, numels, segs, seg_ptr, mask, factor):
+    return None
+
+
+@torch.library.register_fake("oneprune::compact_")
+def _compact_fake(tensor, dim, keep):
+    return None

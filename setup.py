@@ -1,0 +1,122 @@
+"""Build script for oneprune_ext and its compiled ops (``oneprune_ext._C``).
+
+Builds a CUDAExtension whenever the CUDA toolkit is found and the installed torch
+is a CUDA build, whether or not a GPU is visible; a CPU-only CppExtension otherwise.
+
+Environment overrides:
+  ONEPRUNE_CUDA=1          require the CUDA kernels (fail if nvcc or a CUDA torch is missing)
+  ONEPRUNE_CUDA=0          build the CPU kernels only
+  CUDA_HOME=/path          the CUDA toolkit (default: /usr/local/cuda when it holds bin/nvcc)
+  TORCH_CUDA_ARCH_LIST     GPU archs (default: the visible GPUs, or "8.0;9.0+PTX" when none)
+  ONEPRUNE_DEBUG=1         -O0 -g builds
+The build needs the installed torch: use ``pip install --no-build-isolation``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCHS = "8.0;9.0+PTX"
+
+
+def _find_cuda_home() -> str | None:
+    """The toolkit folder: $CUDA_HOME, else /usr/local/cuda, else nvcc's real location."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var) and os.path.exists(os.path.join(os.environ[var], "bin", "nvcc")):
+            return os.environ[var]
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda"
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        if os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            return home
+    return None
+
+
+# torch.utils.cpp_extension reads CUDA_HOME at import time and guesses wrong when
+# `nvcc` on PATH is a wrapper script, so settle it before importing.
+_cuda_home = _find_cuda_home()
+if _cuda_home:
+    os.environ["CUDA_HOME"] = _cuda_home
+
+import torch  # noqa: E402
+from setuptools import find_packages, setup  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _want_cuda() -> bool:
+    flag = os.environ.get("ONEPRUNE_CUDA", "").strip().lower()
+    have = _cuda_home is not None and torch.version.cuda is not None
+    if flag in ("0", "false", "off", "no"):
+        return False
+    if flag in ("1", "true", "on", "yes"):
+        if not have:
+            sys.exit(
+                "ONEPRUNE_CUDA=1 but no CUDA build is possible: "
+                f"CUDA toolkit={_cuda_home or 'not found (set CUDA_HOME)'}, "
+                f"torch.version.cuda={torch.version.cuda} (install a CUDA build of torch)"
+            )
+        return True
+    return have
+
+
+def _compiler_version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    lines = [line for line in out.splitlines() if line.strip()]
+    return lines[-1] if cmd[0].endswith("nvcc") else (lines[0] if lines else "unknown")
+
+
+WITH_CUDA = _want_cuda()
+if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+    os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+
+debug = os.environ.get("ONEPRUNE_DEBUG") == "1"
+cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+nvcc_flags = ["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]
+sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+if WITH_CUDA:
+    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    ext = CUDAExtension(
+        "oneprune_ext._C", sources, extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}
+    )
+else:
+    ext = CppExtension("oneprune_ext._C", sources, extra_compile_args={"cxx": cxx_flags})
+
+
+class BuildWithInfo(BuildExtension):
+    """BuildExtension that also records what was built in oneprune_ext/_build_info.json."""
+
+    def run(self) -> None:
+        super().run()
+        info = {
+            "cuda_compiled": WITH_CUDA,
+            "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST", "") if WITH_CUDA else "",
+            "cuda_home": _cuda_home if WITH_CUDA else "",
+            "built_with_torch": torch.__version__,
+            "cxx": _compiler_version([os.environ.get("CXX", "c++"), "--version"]),
+            "nvcc": _compiler_version([os.path.join(_cuda_home, "bin", "nvcc"), "--version"])
+            if WITH_CUDA
+            else "",
+        }
+        for target in {os.path.join(HERE, "oneprune_ext"), os.path.join(self.build_lib, "oneprune_ext")}:
+            if os.path.isdir(target):
+                with open(os.path.join(target, "_build_info.json"), "w") as f:
+                    json.dump(info, f, indent=2)
+
+
+setup(
+    packages=find_packages(include=["oneprune_ext", "oneprune_ext.*"]),
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildWithInfo.with_options(use_ninja=True)},
+    package_data={"oneprune_ext": ["_build_info.json"]},
+)
