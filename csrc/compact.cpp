@@ -1,5 +1,5 @@
 // compact_, CPU kernel: move kept slices to the front of a tensor's own storage.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include <cstring>

@@ -1,5 +1,6 @@
 // group_lasso_grad_, CPU kernel: grad += reg * w / max(||g_c||, eps) for masked channels.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

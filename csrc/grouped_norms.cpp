@@ -1,5 +1,6 @@
 // grouped_norms, CPU kernel: per channel, fp32 sum of squares and saliency in one pass.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

@@ -2,7 +2,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "oneprune.h"
 

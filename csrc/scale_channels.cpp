@@ -1,5 +1,5 @@
 // scale_channels_, CPU kernel: w *= factor on every segment of the masked channels.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

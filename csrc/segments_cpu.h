@@ -1,7 +1,7 @@
 // CPU helpers: walk the elements of one layout segment of a float32/float16/bfloat16 tensor.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
