@@ -1,0 +1,399 @@
+"""``oneprune``: train a network from scratch with one-cycle channel pruning, in one run.
+
+Examples::
+
+    oneprune --data digits --epochs 30 --reduction 0.5 --dense-baseline      # CPU, about a minute
+    oneprune --data cifar10 --data-root ~/data --model resnet56 --reduction 0.5
+    oneprune --data imagenet --data-root /imagenet --model resnet50 --reduction 0.48
+
+Epoch-valued schedule settings (``--monitor-start``, ``--sl-start``, ``--sl-end``) default to
+the published values of the data set scaled to ``--epochs``: CIFAR-10's 2 / 30 / 110 of a
+300-epoch run (also used for digits), ImageNet's 2 / auto / 50 of a 130-epoch run.  At the
+published lengths they are the published values.
+
+Also runnable as ``python -m oneprune_ext.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from .train import TrainResult, train
+
+__all__ = ["main", "build_parser", "summary_table", "PRESETS"]
+
+
+class ConfigError(ValueError):
+    """A configuration rejected before training (reported as ``oneprune: error: ...``, exit 2)."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Published (or, for digits, demo) defaults of one data set."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    schedule: str
+    ref_epochs: int  # run length the epoch-valued settings below are given for
+    monitor_start: int
+    sl_start: int | str
+    sl_end: int
+    reg_interval: int
+    model: str
+    input_shape: tuple[int, int, int]
+    workers: int
+
+
+PRESETS: dict[str, Preset] = {
+    # digits: the CIFAR-10 recipe, its 300-epoch schedule scaled down to --epochs
+    "digits": Preset(30, 32, 0.1, "step", 300, 2, 30, 110, 1, "digits_cnn", (1, 8, 8), 0),
+    "cifar10": Preset(300, 128, 0.1, "step", 300, 2, 30, 110, 1, "resnet56", (3, 32, 32), 4),
+    "imagenet": Preset(130, 256, 0.1, "cosine", 130, 2, "auto", 50, 2, "resnet50", (3, 224, 224), 8),
+}
+
+MODELS = ("digits_cnn", "resnet56", "vgg16", "resnet18", "resnet50")
+_MODEL_DATA = {
+    "digits_cnn": ("digits",),
+    "resnet56": ("cifar10",),
+    "vgg16": ("cifar10",),
+    "resnet18": ("cifar10", "imagenet"),
+    "resnet50": ("cifar10", "imagenet"),
+}
+
+
+def _scaled(value: int, epochs: int, ref_epochs: int, minimum: int) -> int:
+    return max(minimum, int(round(value * epochs / ref_epochs)))
+
+
+def _sl_start_arg(text: str) -> int | str:
+    if text == "auto":
+        return "auto"
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a 0-based epoch (int) or 'auto', got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1) (e.g. 0.5 = remove half), got {v}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not v >= 0.0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``oneprune`` (see ``oneprune --help``)."""
+    p = argparse.ArgumentParser(
+        prog="oneprune",
+        description="Train a CNN from scratch and prune whole channels during the same run "
+                    "(one-cycle structured pruning, Ghimire et al., WACV 2026).",
+        epilog="Epoch-valued settings are 0-based epoch indices; unless given they are the published "
+               "values scaled to --epochs (CIFAR-10: monitor 2, sparsity learning 30, prune by 110 of 300 "
+               "epochs, also used for digits; ImageNet: 2, auto, 50 of 130). Prints a summary table "
+               "at the end.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("data and model")
+    g.add_argument("--data", choices=sorted(PRESETS), default="digits",
+                   help="digits: scikit-learn's bundled 8x8 digits (no download); cifar10 / imagenet: "
+                        "read from --data-root, never downloaded (default: %(default)s)")
+    g.add_argument("--data-root", default=None,
+                   help="cifar10: folder holding cifar-10-batches-py; imagenet: folder holding train/ and val/")
+    g.add_argument("--model", choices=MODELS, default=None,
+                   help="network (default: digits_cnn for digits, resnet56 for cifar10, resnet50 for imagenet); "
+                        "resnet18/resnet50 are torchvision's")
+    g.add_argument("--width", type=_positive_int, default=16,
+                   help="digits_cnn only: channels of its first layers (the last conv has 2x) (default: %(default)s)")
+    g.add_argument("--workers", type=_nonneg_int, default=None,
+                   help="DataLoader worker processes for cifar10/imagenet (default 4 / 8)")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=_positive_int, default=None,
+                   help="length of the whole run, in epochs (default: 30 digits, 300 cifar10, 130 imagenet)")
+    g.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="training batch size, in samples (default: 32 digits, 128 cifar10, 256 imagenet)")
+    g.add_argument("--lr", type=float, default=None, help="initial learning rate of SGD (default 0.1)")
+    g.add_argument("--weight-decay", type=_nonneg_float, default=5e-4, help="SGD weight decay (default: %(default)s)")
+    g.add_argument("--schedule", choices=("step", "cosine"), default=None,
+                   help="learning-rate schedule, stepped once per epoch: step = x0.2 at 30/60/80/90%% of "
+                        "the epochs; cosine = cosine annealing to 0 (default: step, cosine for imagenet)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the model init, data split and shuffling (default: %(default)s)")
+    g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads for torch (torch.set_num_threads; default: torch's choice)")
+    g.add_argument("--dense-baseline", action="store_true",
+                   help="also train a dense model of the same length and seed, for the comparison table")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+
+    g = p.add_argument_group("one-cycle pruning")
+    g.add_argument("--target", choices=("macs", "params"), default="macs",
+                   help="what --reduction measures (default: %(default)s)")
+    g.add_argument("--reduction", type=_fraction, default=0.5,
+                   help="fraction of the dense model's MACs (or params) to remove, in (0, 1) (default: %(default)s)")
+    g.add_argument("--monitor-start", type=_nonneg_int, default=None,
+                   help="0-based epoch at which the sub-network search and stability monitoring start "
+                        "(default: published 2 scaled to --epochs, at least 1)")
+    g.add_argument("--sl-start", type=_sl_start_arg, default=None,
+                   help="0-based epoch at which sparsity learning starts, or 'auto' (first plateau of the "
+                        "stability indicator after epoch 3) (default: published value scaled to --epochs)")
+    g.add_argument("--sl-end", type=_nonneg_int, default=None,
+                   help="0-based epoch by whose end the model is pruned at the latest, if it has not become "
+                        "stable before (default: published value scaled to --epochs)")
+    g.add_argument("--reg", type=_nonneg_float, default=1e-4,
+                   help="initial regularisation strength of sparsity learning (default: %(default)s)")
+    g.add_argument("--reg-delta", type=_nonneg_float, default=1e-4,
+                   help="added to the regularisation strength every --reg-interval epochs (default: %(default)s)")
+    g.add_argument("--reg-interval", type=_positive_int, default=None,
+                   help="epochs between increases of the regularisation strength (default: 1, 2 for imagenet)")
+    g.add_argument("--regularizer", choices=("both", "shrink", "group_lasso"), default="both",
+                   help="shrink: scale the channels chosen for removal by (1 - reg*lr) after each step (what "
+                        "the published code does); group_lasso: the paper's penalty gradient; both (default: %(default)s)")
+    g.add_argument("--stability-threshold", type=float, default=0.999,
+                   help="prune when the stability indicator (mean Jaccard similarity of recent sub-networks, "
+                        "0..1) exceeds this (default: %(default)s)")
+    g.add_argument("--layer-limit", type=_fraction, default=0.75,
+                   help="at most this fraction of a layer's channels may be removed (times 1 - exp(-k*C)) (default: %(default)s)")
+    g.add_argument("--layer-limit-k", type=_nonneg_float, default=1.0, help="k of the layer limit above (default: %(default)s)")
+    g.add_argument("--round-to", type=_positive_int, default=None,
+                   help="keep channel counts multiples of this (default: no rounding)")
+
+    g = p.add_argument_group("files")
+    g.add_argument("--checkpoint", default=None,
+                   help="per-epoch checkpoint file, written atomically (the dense baseline uses "
+                        "<name>.dense<ext> next to it)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from --checkpoint if it exists (run with the same options)")
+    g.add_argument("--save", default=None, help="write the pruned model here with save_pruned()")
+    g.add_argument("--json", default=None, help="write the results (both runs, per-epoch history) as JSON here")
+    return p
+
+
+def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    pre = PRESETS[args.data]
+    args.model = args.model or pre.model
+    if args.data not in _MODEL_DATA[args.model]:
+        parser.error(f"--model {args.model} does not fit --data {args.data} "
+                     f"(it is for --data {' or '.join(_MODEL_DATA[args.model])})")
+    if args.data != "digits" and not args.data_root:
+        parser.error(f"--data {args.data} needs --data-root (nothing is downloaded)")
+    if args.resume and not args.checkpoint:
+        parser.error("--resume needs --checkpoint PATH")
+    args.epochs = args.epochs or pre.epochs
+    args.batch_size = args.batch_size or pre.batch_size
+    args.lr = pre.lr if args.lr is None else args.lr
+    if not args.lr > 0:
+        parser.error(f"--lr must be > 0, got {args.lr}")
+    args.schedule = args.schedule or pre.schedule
+    args.workers = pre.workers if args.workers is None else args.workers
+    args.reg_interval = args.reg_interval or pre.reg_interval
+    e, ref = args.epochs, pre.ref_epochs
+    if args.monitor_start is None:
+        args.monitor_start = _scaled(pre.monitor_start, e, ref, 1)
+    if args.sl_start is None:
+        args.sl_start = pre.sl_start if pre.sl_start == "auto" else _scaled(int(pre.sl_start), e, ref, 1)
+    if args.sl_end is None:
+        args.sl_end = _scaled(pre.sl_end, e, ref, 1)
+    if args.sl_end >= args.epochs:
+        parser.error(f"--sl-end ({args.sl_end}) must be a 0-based epoch before --epochs ({args.epochs})")
+    if args.sl_start != "auto" and args.sl_start > args.sl_end:
+        parser.error(f"--sl-start ({args.sl_start}) must be <= --sl-end ({args.sl_end})")
+    if not 0.0 < args.stability_threshold <= 1.0:
+        parser.error(f"--stability-threshold must be in (0, 1], got {args.stability_threshold}")
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+def _loaders(args: argparse.Namespace):
+    from . import data
+
+    if args.data == "digits":
+        return data.digits_loaders(batch_size=args.batch_size, seed=args.seed)
+    if args.data == "cifar10":
+        return data.cifar10_loaders(args.data_root, batch_size=args.batch_size, workers=args.workers, seed=args.seed)
+    return data.imagenet_loaders(args.data_root, batch_size=args.batch_size, workers=args.workers, seed=args.seed)
+
+
+def _num_classes(args: argparse.Namespace, train_loader) -> int:
+    if args.data in ("digits", "cifar10"):
+        return 10
+    return len(train_loader.dataset.classes)
+
+
+def _build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
+    from . import models
+
+    torch.manual_seed(args.seed)
+    if args.model == "digits_cnn":
+        return models.digits_cnn(num_classes, width=args.width)
+    if args.model == "resnet56":
+        return models.resnet56(num_classes)
+    if args.model == "vgg16":
+        return models.vgg16(num_classes)
+    try:
+        import torchvision
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"--model {args.model} needs torchvision: pip install torchvision") from e
+    return getattr(torchvision.models, args.model)(weights=None, num_classes=num_classes)
+
+
+def _dense_checkpoint(path: str | None) -> str | None:
+    if path is None:
+        return None
+    root, ext = os.path.splitext(path)
+    return f"{root}.dense{ext or '.pt'}"
+
+
+def _fmt_count(n: int) -> str:
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return str(n)
+
+
+def summary_table(pruned: TrainResult, dense: TrainResult | None = None, epochs: int | None = None) -> str:
+    """The end-of-run table: dense vs one-cycle accuracy, MACs, params, prune epoch, overhead.
+
+    MACs are per image (one forward pass), parameters are entries; percentages in
+    brackets are the reduction from the dense model.  The prune epoch is 0-based.
+    """
+    rows: list[tuple[str, str, str]] = []
+    d_acc = f"{dense.final_acc:.2f}" if dense else "-"
+    rows.append(("test accuracy (%)", d_acc, f"{pruned.final_acc:.2f}"))
+    if dense:
+        rows.append(("  difference (points)", "", f"{pruned.final_acc - dense.final_acc:+.2f}"))
+    rows.append(("MACs per image", _fmt_count(pruned.dense_macs),
+                 f"{_fmt_count(pruned.final_macs)} (-{100 * pruned.macs_reduction:.1f} %)"))
+    rows.append(("parameters", _fmt_count(pruned.dense_params),
+                 f"{_fmt_count(pruned.final_params)} (-{100 * pruned.params_reduction:.1f} %)"))
+    n = epochs or len(pruned.history)
+    pe = "not pruned" if pruned.prune_epoch is None else f"{pruned.prune_epoch} (0-based, of {n})"
+    if pruned.prune_epoch is not None:
+        rec = next((h for h in pruned.history if h.epoch == pruned.prune_epoch), None)
+        if rec is not None and rec.indicator is not None:
+            pe += f", indicator {rec.indicator:.4f}"
+    rows.append(("prune epoch", "-", pe))
+    rows.append(("pruning overhead", "-",
+                 f"{pruned.pruner_overhead_pct:.2f} % ({pruned.pruner_seconds:.2f} s)"))
+    rows.append(("wall time (s)", f"{dense.wall_time:.1f}" if dense else "-", f"{pruned.wall_time:.1f}"))
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len("dense"), *(len(r[1]) for r in rows))
+    w2 = max(len("one-cycle pruned"), *(len(r[2]) for r in rows))
+    sep = f"+-{'-' * w0}-+-{'-' * w1}-+-{'-' * w2}-+"
+    lines = [sep, f"| {'':<{w0}} | {'dense':>{w1}} | {'one-cycle pruned':>{w2}} |", sep]
+    lines += [f"| {a:<{w0}} | {b:>{w1}} | {c:>{w2}} |" for a, b, c in rows]
+    lines.append(sep)
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> tuple[TrainResult, TrainResult | None, nn.Module]:
+    """Run the configured one-cycle training (and dense baseline); returns (pruned, dense, model)."""
+    from .pruner import OneCyclePruner
+
+    train_loader, test_loader = _loaders(args)
+    num_classes = _num_classes(args, train_loader)
+    pre = PRESETS[args.data]
+    device = torch.device(args.device)
+    common: dict[str, Any] = dict(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                                  schedule=args.schedule, device=device, progress=not args.no_progress,
+                                  seed=args.seed, resume=args.resume)
+    model = _build_model(args, num_classes).to(device)
+    example = torch.zeros((1, *pre.input_shape), device=device)
+    try:
+        pruner = OneCyclePruner(
+            model, example, target=args.target, reduction=args.reduction, total_epochs=args.epochs,
+            monitor_start=args.monitor_start, sl_start=args.sl_start, sl_end=args.sl_end, reg=args.reg,
+            reg_delta=args.reg_delta, reg_interval=args.reg_interval, regularizer=args.regularizer,
+            stability_threshold=args.stability_threshold, layer_limit=args.layer_limit,
+            layer_limit_k=args.layer_limit_k, round_to=args.round_to,
+        )
+    except ValueError as e:  # a configuration the pruner rejects (e.g. target unreachable)
+        raise ConfigError(str(e)) from e
+    pruned = train(model, train_loader, test_loader, pruner=pruner, checkpoint=args.checkpoint,
+                   desc="one-cycle", **common)
+    if args.save:
+        from .saving import save_pruned
+
+        save_pruned(model, args.save)
+    dense = None
+    if args.dense_baseline:
+        dense_model = _build_model(args, num_classes).to(device)
+        dense = train(dense_model, train_loader, test_loader, pruner=None,
+                      checkpoint=_dense_checkpoint(args.checkpoint), desc="dense", **common)
+    return pruned, dense, model
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``oneprune`` console script; returns the exit status."""
+    parser = build_parser()
+    args = _resolve(parser.parse_args(argv), parser)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    try:
+        pruned, dense, _ = run(args)
+    except (FileNotFoundError, ImportError, ConfigError) as e:
+        print(f"oneprune: error: {e}", file=sys.stderr)
+        return 2
+    total = time.perf_counter() - t0
+    schedule = f"monitor from epoch {args.monitor_start}, sparsity learning from {args.sl_start}, " \
+               f"prune by {args.sl_end} at the latest"
+    print(f"\noneprune: {args.model} on {args.data}, {args.epochs} epochs, target -{100 * args.reduction:.0f} % "
+          f"{'MACs' if args.target == 'macs' else 'parameters'} ({schedule}); total {total:.1f} s")
+    print(summary_table(pruned, dense, args.epochs))
+    if args.json:
+        out = {"args": {k: v for k, v in vars(args).items()}, "pruned": pruned.to_dict(),
+               "dense": dense.to_dict() if dense else None, "total_seconds": total}
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
