@@ -1,0 +1,55 @@
+# oneprune_ext: the two commands a newcomer needs are `make demo` and `make test`.
+# Both create .venv when missing, install the dependencies, build the extension
+# (CUDA kernels too when a CUDA toolkit and a CUDA build of torch are present), then run.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEPS_STAMP := $(VENV)/.oneprune-deps
+BUILD_STAMP := $(VENV)/.oneprune-build
+SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
+PYTEST_ARGS ?=
+
+.PHONY: demo test build bench info cmake-test asan-test clean
+
+demo: $(BUILD_STAMP)
+	$(PY) examples/digits_demo.py
+
+test: $(BUILD_STAMP)
+	$(PY) -m pytest python_tests $(PYTEST_ARGS)
+
+build: $(BUILD_STAMP)
+
+info: $(BUILD_STAMP)
+	$(PY) -m oneprune_ext info
+
+bench: $(BUILD_STAMP)
+	$(PY) -m pytest benchmarks --benchmark-columns=median,iqr,rounds --benchmark-sort=name
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first: setup.py imports it, and the extension is built against the installed
+# torch (--no-build-isolation), so a user never meets that flag.
+$(DEPS_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install "setuptools>=64" wheel ninja
+	$(PY) -m pip install "torch>=2.4"
+	touch $@
+
+$(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
+	$(PY) -m pip install --no-build-isolation -e ".[test,bench]"
+	$(PY) -m oneprune_ext info
+	touch $@
+
+cmake-test: $(DEPS_STAMP)
+	cmake -S . -B build-cmake -G Ninja -DPython_EXECUTABLE=$(abspath $(PY)) -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja)
+	cmake --build build-cmake
+	ctest --test-dir build-cmake --output-on-failure
+
+asan-test: $(DEPS_STAMP)
+	cmake -S . -B build-asan -G Ninja -DONEPRUNE_SANITIZE=ON -DPython_EXECUTABLE=$(abspath $(PY)) -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja)
+	cmake --build build-asan
+	ctest --test-dir build-asan --output-on-failure
+
+clean:
+	rm -rf build build-cmake build-asan oneprune_ext/_C*.so oneprune_ext/_build_info.json $(BUILD_STAMP)

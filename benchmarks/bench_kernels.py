@@ -1,0 +1,127 @@
+"""The per-step regularizer on real parameter sets: fused ops vs reference vs per-layer loop.
+
+Run (writes the ratio table to stdout and, with --benchmark-json, the raw numbers)::
+
+    .venv/bin/python -m pytest benchmarks/bench_kernels.py -q -s
+
+Parameter sets: torchvision ResNet-50 (ImageNet shapes), the CIFAR ResNet-56 of
+``oneprune_ext.models`` and torchvision MobileNetV2, random init, fp32, their channel
+groups from ``trace_groups``. On a GPU (``cuda`` parametrization) the same on the device.
+
+Each round times one training step's pruning bookkeeping, with half of all channels
+chosen for removal:
+
+* ``norms``: per-channel sum of squares + saliency (the per-epoch search input);
+* ``step``: norms, group-lasso gradient and the shrink of the chosen channels —
+  what one training step of one-cycle pruning adds (regularizer ``"both"``).
+
+Three implementations, side by side in one run:
+
+* ``fused``: :mod:`oneprune_ext.ops` (one launch per op and phase for the whole model);
+* ``reference``: :mod:`oneprune_ext.reference` (vectorised per slice, pure PyTorch);
+* ``per_layer``: the published method's loop, re-implemented faithfully: per group, per
+  coupled slice, ``index_select`` the chosen channels, reduce, and write back with
+  indexed ops (as OCSPruner / Torch-Pruning's group regularizers do).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+import torch
+import torchvision
+
+from oneprune_ext import ChannelLayout, ops, reference
+from oneprune_ext.graph import trace_groups
+from oneprune_ext.models import resnet56
+
+from per_layer_loop import LR, REG, per_layer_norms, per_layer_step
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+MODELS: dict[str, tuple[Callable[[], torch.nn.Module], tuple[int, ...]]] = {
+    "resnet50": (lambda: torchvision.models.resnet50(weights=None), (1, 3, 64, 64)),
+    "resnet56": (lambda: resnet56(10), (1, 3, 32, 32)),
+    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(weights=None), (1, 3, 64, 64)),
+}
+_cache: dict[tuple[str, str], Any] = {}
+_results: dict[tuple[str, str, str, str], float] = {}
+
+
+def _setup(name: str, device: str):
+    key = (name, device)
+    if key not in _cache:
+        torch.manual_seed(0)
+        build, shape = MODELS[name]
+        model = build().eval()
+        groups = trace_groups(model, torch.randn(shape))
+        model.to(device)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        layout = ChannelLayout(model, groups)
+        g = torch.Generator().manual_seed(1)
+        mask = (torch.rand(layout.num_channels, generator=g) < 0.5).to(device)
+        _cache[key] = (model, groups, layout, mask)
+    return _cache[key]
+
+
+# --- timed functions --------------------------------------------------------------------
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _run(kind: str, what: str, model, groups, layout, mask, device: str) -> Callable[[], None]:
+    if kind == "fused":
+        mod = ops
+    elif kind == "reference":
+        mod = reference
+    if kind in ("fused", "reference"):
+        if what == "norms":
+            return lambda: (mod.grouped_norms(layout), _sync(device))
+        reg = torch.full((), REG, device=device)
+        factor = torch.full((), 1 - REG * LR, device=device)
+
+        def step():
+            mod.grouped_norms(layout)
+            mod.group_lasso_grad_(layout, mask, reg)
+            mod.scale_channels_(layout, mask, factor)
+            _sync(device)
+        return step
+    masks = layout.split(mask)
+    if what == "norms":
+        return lambda: (per_layer_norms(model, groups), _sync(device))
+    return lambda: (per_layer_step(model, groups, masks), _sync(device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("what", ["norms", "step"])
+@pytest.mark.parametrize("kind", ["fused", "reference", "per_layer"])
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_regularizer(benchmark, model_name, kind, what, device):
+    model, groups, layout, mask = _setup(model_name, device)
+    fn = _run(kind, what, model, groups, layout, mask, device)
+    benchmark.group = f"{model_name}-{what}-{device}"
+    fn()  # warm-up
+    benchmark.pedantic(fn, rounds=10 if device == "cpu" else 50, iterations=1, warmup_rounds=1)
+    _results[(model_name, what, device, kind)] = benchmark.stats.stats.median
+
+
+def test_zz_ratio_table():
+    """Prints the side-by-side table (median seconds and speed-up of the fused ops)."""
+    if not _results:
+        pytest.skip("run together with test_regularizer")
+    lines = ["| model | op | device | fused (ms) | reference (ms) | per-layer loop (ms) | vs reference | vs per-layer |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for (m, w, d, k), t in sorted(_results.items()):
+        if k != "fused":
+            continue
+        ref = _results.get((m, w, d, "reference"))
+        loop = _results.get((m, w, d, "per_layer"))
+        if ref is None or loop is None:
+            continue
+        lines.append(f"| {m} | {w} | {d} | {t*1e3:.3f} | {ref*1e3:.3f} | {loop*1e3:.3f} | "
+                     f"{ref/t:.1f}x | {loop/t:.1f}x |")
+    print("\n" + "\n".join(lines))
