@@ -7,10 +7,14 @@ Search", WACV 2026). See README.md for the training-loop API.
 
 from __future__ import annotations
 
-from . import ops, reference
+from . import models, ops, reference
 from ._build_info import build_info
+from .compact import prune_channels
+from .cost import CostModel
+from .graph import UnsupportedOpError, trace_groups
 from .groups import ChannelGroup, ChannelGroups, Slice
 from .layout import ChannelLayout
+from .saving import load_pruned, save_pruned
 
 __version__ = "0.1.0"
 
@@ -18,8 +22,15 @@ __all__ = [
     "ChannelGroup",
     "ChannelGroups",
     "ChannelLayout",
+    "CostModel",
     "Slice",
+    "UnsupportedOpError",
     "build_info",
+    "load_pruned",
+    "models",
     "ops",
+    "prune_channels",
     "reference",
+    "save_pruned",
+    "trace_groups",
 ]
