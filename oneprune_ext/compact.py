@@ -20,14 +20,13 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from . import reference
+from . import ops
 from .groups import ChannelGroup, ChannelGroups, Slice
 
 __all__ = ["prune_channels"]
 
-# The in-place move along one dim.  Swap for the fused op (same signature) with
-# ``_compact = ops.compact_`` once it lands.
-_compact = reference.compact_
+# The in-place move along one dim: the fused op (``reference.compact_`` has the same signature).
+_compact = ops.compact_
 
 
 def _validate_keep(groups: ChannelGroups, keep: Mapping[int, Any]) -> dict[int, list[int]]:
@@ -63,12 +62,17 @@ def _validate_keep(groups: ChannelGroups, keep: Mapping[int, Any]) -> dict[int, 
     return out
 
 
+def _entries(channels: torch.Tensor, s: Slice) -> torch.Tensor:
+    """Indices along ``s.dim`` of the given channels (vectorised :meth:`Slice.indices`)."""
+    if s.block == 1:
+        return channels + s.offset
+    return (s.offset + channels[:, None] * s.block + torch.arange(s.block)).reshape(-1)
+
+
 def _kept_per_dim(
     groups: ChannelGroups, keep: dict[int, list[int]], shapes: Mapping[str, tuple[int, ...]]
 ) -> dict[tuple[str, int], torch.Tensor]:
     """Bool masks of kept entries for every (tensor, dim) that loses entries."""
-    removed: dict[tuple[str, int], list[int]] = {}
-    kept: dict[tuple[str, int], list[int]] = {}
     for gi, g in enumerate(groups):
         for s in g.slices:
             if s.name not in shapes:
@@ -78,21 +82,27 @@ def _kept_per_dim(
                 raise ValueError(
                     f"prune_channels: group {gi} ({g.name}) slice of '{s.name}' (dim {s.dim}, offset "
                     f"{s.offset}, block {s.block}, {g.size} channels) does not fit shape {shape}")
+    removed: dict[tuple[str, int], list[torch.Tensor]] = {}
+    kept: dict[tuple[str, int], list[torch.Tensor]] = {}
     for gi, lst in keep.items():
         g = groups[gi]
-        drop = sorted(set(range(g.size)) - set(lst))
-        if not drop:
+        if len(lst) == g.size:
             continue
+        keep_t = torch.tensor(lst, dtype=torch.long)
+        dmask = torch.ones(g.size, dtype=torch.bool)
+        dmask[keep_t] = False
+        drop_t = dmask.nonzero().flatten()
         for s in g.slices:
-            removed.setdefault((s.name, s.dim), []).extend(s.indices(drop))
-            kept.setdefault((s.name, s.dim), []).extend(s.indices(lst))
+            key = (s.name, s.dim)
+            removed.setdefault(key, []).append(_entries(drop_t, s))
+            kept.setdefault(key, []).append(_entries(keep_t, s))
     masks: dict[tuple[str, int], torch.Tensor] = {}
     for key, rem in removed.items():
         name, dim = key
         m = torch.ones(shapes[name][dim], dtype=torch.bool)
-        m[torch.tensor(rem, dtype=torch.long)] = False
+        m[torch.cat(rem)] = False
         # a dim shared by several groups keeps the union of their kept entries
-        m[torch.tensor(kept[key], dtype=torch.long)] = True
+        m[torch.cat(kept[key])] = True
         masks[key] = m
     return masks
 
