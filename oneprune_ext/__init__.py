@@ -14,7 +14,9 @@ from .cost import CostModel
 from .graph import UnsupportedOpError, trace_groups
 from .groups import ChannelGroup, ChannelGroups, Slice
 from .layout import ChannelLayout
+from .pruner import EpochReport, OneCyclePruner
 from .saving import load_pruned, save_pruned
+from .train import TrainResult, evaluate, train
 
 __version__ = "0.1.0"
 
@@ -23,9 +25,13 @@ __all__ = [
     "ChannelGroups",
     "ChannelLayout",
     "CostModel",
+    "EpochReport",
+    "OneCyclePruner",
+    "TrainResult",
     "Slice",
     "UnsupportedOpError",
     "build_info",
+    "evaluate",
     "load_pruned",
     "models",
     "ops",
@@ -33,4 +39,5 @@ __all__ = [
     "reference",
     "save_pruned",
     "trace_groups",
+    "train",
 ]
