@@ -107,6 +107,9 @@ class TrainResult:
         pruner_seconds: wall time spent inside the pruner's hooks (``pruner.stats["total"]``),
             in seconds; 0 without a pruner.
         pruner_overhead_pct: ``100 * pruner_seconds / wall_time``.
+        pruner_init_seconds: the pruner's one-off construction (tracing, cost model,
+            layout; ``pruner.init_seconds``), in seconds; not part of ``wall_time`` or
+            ``pruner_seconds`` (the pruner is built before :func:`train` is called).
     """
 
     history: list[EpochRecord] = field(default_factory=list)
@@ -119,6 +122,7 @@ class TrainResult:
     wall_time: float = 0.0
     pruner_seconds: float = 0.0
     pruner_overhead_pct: float = 0.0
+    pruner_init_seconds: float = 0.0
 
     @property
     def macs_reduction(self) -> float:
@@ -525,4 +529,5 @@ def train(
         wall_time=wall_time,
         pruner_seconds=pruner_seconds,
         pruner_overhead_pct=100.0 * pruner_seconds / wall_time if wall_time > 0 else 0.0,
+        pruner_init_seconds=float(getattr(pruner, "init_seconds", 0.0)) if pruner is not None else 0.0,
     )
