@@ -113,7 +113,7 @@ def main() -> int:
             "step_reference": _time(lambda: fused_step(reference), reps=10),
             "step_per_layer": _time(lambda: per_layer_step(model, groups, masks), reps=10),
         }
-        tensors, _, segs, _ = layout.kernel_args()
+        tensors = layout.kernel_args()[0]
         seg_rows = layout._segs_cpu
         bytes_read = int((seg_rows[:, 2] * seg_rows[:, 3] * torch.tensor(
             [tensors[i].element_size() for i in seg_rows[:, 0].tolist()])).sum()) if len(seg_rows) else 0

@@ -1,7 +1,7 @@
 // group_lasso_grad_, CPU kernel: grad += reg * w / max(||g_c||, eps) for masked channels.
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/scalar_tensor.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -15,9 +15,9 @@ namespace oneprune {
 namespace {
 
 at::Tensor group_lasso_grad_cpu(at::TensorList tensors, at::TensorList grads, c10::IntArrayRef numels,
-                                const at::Tensor& segs, const at::Tensor& seg_ptr, const at::Tensor& mask,
-                                const at::Tensor& reg, double eps) {
-  check_layout("group_lasso_grad_", tensors, numels, segs, seg_ptr);
+                                const at::Tensor& segs, const at::Tensor& seg_ptr, const at::Tensor& runs,
+                                const at::Tensor& mask, const at::Tensor& reg, double eps) {
+  check_layout("group_lasso_grad_", tensors, numels, segs, seg_ptr, runs);
   check_grads("group_lasso_grad_", tensors, grads);
   const int64_t nchan = seg_ptr.size(1) - 1;
   const int64_t nphase = seg_ptr.size(0);
@@ -26,54 +26,39 @@ at::Tensor group_lasso_grad_cpu(at::TensorList tensors, at::TensorList grads, c1
   TORCH_CHECK_VALUE(eps > 0, "group_lasso_grad_: eps must be positive, got ", eps);
   const float reg_v = reg.item<float>();  // CPU tensor: no device sync involved
   const cpu::TensorTable wt(tensors), gt(grads);
-  const int64_t* sg = segs.data_ptr<int64_t>();
-  const int64_t* sp = seg_ptr.data_ptr<int64_t>();
+  const int64_t nrun = runs.size(0);
+  const int64_t* rn = runs.data_ptr<int64_t>();
   const bool* mk = mask.data_ptr<bool>();
+  // Pass 1: sums of squares of the masked channels, per (run, channel), then per channel.
+  const std::vector<int64_t> off = cpu::run_offsets(rn, nrun);
+  std::vector<float> partial(static_cast<size_t>(off.back()));
+  cpu::run_sumsq_partials(wt, rn, cpu::make_work(rn, 0, nrun), off, mk, partial.data());
   std::vector<float> norms(static_cast<size_t>(nchan), 0.f);
-  std::vector<float> coefs(static_cast<size_t>(nchan), 0.f);
-  const float feps = static_cast<float>(eps);
-  // Pass 1: the norm of every masked channel over all its segments (reads only).
-  at::parallel_for(0, nchan, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      if (!mk[c]) continue;
-      float ss = 0.f;
-      for (int64_t p = 0; p < nphase; ++p) {
-        const int64_t* row = sp + p * (nchan + 1);
-        for (int64_t i = row[c]; i < row[c + 1]; ++i) ss += cpu::seg_sumsq(wt, cpu::read_seg(sg, i));
-      }
-      norms[c] = std::sqrt(ss);
-      coefs[c] = reg_v / std::max(norms[c], feps);
-    }
-  });
-  // Pass 2, one sweep per phase: segments within a phase are disjoint, so channels
-  // update in parallel without races; an element shared by a row and a column
-  // channel receives both terms, rows first.
-  for (int64_t p = 0; p < nphase; ++p) {
-    const int64_t* row = sp + p * (nchan + 1);
-    at::parallel_for(0, nchan, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        if (!mk[c]) continue;
-        const float coef = coefs[c];
-        for (int64_t i = row[c]; i < row[c + 1]; ++i) {
-          const cpu::Seg s = cpu::read_seg(sg, i);
-          cpu::dispatch_dtype(wt.dtype[s.tensor], [&](auto tag) {
-            using T = decltype(tag);
-            const T* w = reinterpret_cast<const T*>(wt.ptr[s.tensor]) + s.base;
-            T* g = reinterpret_cast<T*>(gt.ptr[s.tensor]) + s.base;
-            for (int64_t r = 0; r < s.rows; ++r) {
-              const T* wrow = w + r * s.stride;
-              T* grow = g + r * s.stride;
-              for (int64_t j = 0; j < s.len; ++j)
-                grow[j] = static_cast<T>(static_cast<float>(grow[j]) + coef * static_cast<float>(wrow[j]));
-            }
-          });
-        }
-      }
-    });
+  for (int64_t i = 0; i < nrun; ++i) {
+    const cpu::Run r = cpu::read_run(rn, i);
+    for (int64_t k = 0; k < r.count; ++k) norms[r.chan0 + k] += partial[off[i] + k];
   }
-  // Fixed-order reduction: the penalty is bit-identical run after run.
-  double total = 0.0;
-  for (int64_t c = 0; c < nchan; ++c) total += mk[c] ? static_cast<double>(norms[c]) : 0.0;
+  std::vector<float> coefs(static_cast<size_t>(nchan), 0.f);
+  double total = 0.0;  // fixed-order sum: the penalty is bit-identical run after run
+  const float feps = static_cast<float>(eps);
+  for (int64_t c = 0; c < nchan; ++c) {
+    if (!mk[c]) continue;
+    norms[c] = std::sqrt(norms[c]);
+    coefs[c] = reg_v / std::max(norms[c], feps);
+    total += static_cast<double>(norms[c]);
+  }
+  // Pass 2, one sweep per phase: runs within a phase are disjoint, so work items update in
+  // parallel without races; an element shared by a row and a column channel receives both
+  // terms, rows first.
+  for (const auto& pr : cpu::phase_ranges(rn, nrun, nphase)) {
+    cpu::run_update(gt, &wt, rn, cpu::make_work(rn, pr.first, pr.second), mk,
+                    [&](auto* g, const auto* w, int64_t n, int64_t c) {
+                      using T = std::remove_pointer_t<decltype(g)>;
+                      const float coef = coefs[c];
+                      for (int64_t j = 0; j < n; ++j)
+                        g[j] = static_cast<T>(static_cast<float>(g[j]) + coef * static_cast<float>(w[j]));
+                    });
+  }
   return at::scalar_tensor(static_cast<float>(reg_v * total), at::TensorOptions().dtype(at::kFloat));
 }
 

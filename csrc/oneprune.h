@@ -12,6 +12,11 @@
 // overlap, so kernels that write (group lasso, scaling) run one pass per phase with
 // every channel in parallel, deterministically and without atomics; phase p holds the
 // segments along the p-th distinct tensor dimension (rows first, then columns).
+// The same segments, grouped per slice (the CPU kernels walk these, row-major, so a
+// column slice is read in whole contiguous rows rather than one strided column at a time):
+//   runs    int64 [nrun, 8]: (tensor, first global channel, channel count, base of the first
+//           channel, rows, row_len, row_stride, phase); channel chan0+k's segment starts at
+//           base + k*row_len. Runs are sorted by phase; runs of one phase never overlap.
 // The data pointers themselves are read from the tensor list at every call, so a
 // re-allocated parameter is never read through a stale pointer.
 #pragma once
@@ -26,12 +31,17 @@ namespace oneprune {
 
 constexpr int64_t kSegCols = 5;
 enum SegCol : int64_t { kTensor = 0, kBase = 1, kRows = 2, kRowLen = 3, kRowStride = 4 };
+constexpr int64_t kRunCols = 8;
+enum RunCol : int64_t {
+  kRunTensor = 0, kRunChan0 = 1, kRunCount = 2, kRunBase = 3, kRunRows = 4, kRunLen = 5, kRunStride = 6,
+  kRunPhase = 7
+};
 
 // Validates a (tensors, numels, segs, seg_ptr) quadruple. `what` names the op in
 // messages. Checks devices, dtypes (fp32/fp16/bf16), contiguity and that every
 // tensor still has the element count the layout was built for.
 void check_layout(const char* what, at::TensorList tensors, c10::IntArrayRef numels,
-                  const at::Tensor& segs, const at::Tensor& seg_ptr);
+                  const at::Tensor& segs, const at::Tensor& seg_ptr, const at::Tensor& runs);
 
 // Checks that `grads` matches `tensors` one to one (shape, dtype, device, contiguity).
 void check_grads(const char* what, at::TensorList tensors, at::TensorList grads);

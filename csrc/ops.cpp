@@ -23,7 +23,7 @@ bool supported_dtype(at::ScalarType t) {
 }  // namespace
 
 void check_layout(const char* what, at::TensorList tensors, c10::IntArrayRef numels,
-                  const at::Tensor& segs, const at::Tensor& seg_ptr) {
+                  const at::Tensor& segs, const at::Tensor& seg_ptr, const at::Tensor& runs) {
   TORCH_CHECK_VALUE(tensors.size() == numels.size(), what, ": got ", tensors.size(),
                     " tensors but the layout describes ", numels.size(),
                     "; rebuild the ChannelLayout");
@@ -33,8 +33,11 @@ void check_layout(const char* what, at::TensorList tensors, c10::IntArrayRef num
   TORCH_CHECK_VALUE(seg_ptr.scalar_type() == at::kLong && seg_ptr.dim() == 2 && seg_ptr.size(0) >= 1 &&
                         seg_ptr.size(1) >= 1 && seg_ptr.is_contiguous(),
                     what, ": seg_ptr must be a contiguous int64 tensor of shape [phases, nchan+1]");
-  TORCH_CHECK_VALUE(segs.device() == seg_ptr.device(), what,
-                    ": segs and seg_ptr must be on the same device");
+  TORCH_CHECK_VALUE(runs.scalar_type() == at::kLong && runs.dim() == 2 && runs.size(1) == kRunCols &&
+                        runs.is_contiguous(),
+                    what, ": runs must be a contiguous int64 tensor of shape [nrun, 8]");
+  TORCH_CHECK_VALUE(segs.device() == seg_ptr.device() && segs.device() == runs.device(), what,
+                    ": segs, seg_ptr and runs must be on the same device");
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
     TORCH_CHECK_VALUE(t.defined(), what, ": tensor ", i, " is undefined");
@@ -105,16 +108,18 @@ CompactShape check_compact(const at::Tensor& tensor, int64_t dim, const at::Tens
 TORCH_LIBRARY(oneprune, m) {
   // Per channel: fp32 sum of squares over all its segments, and the saliency
   // (1/M) * sum_m ||s_m||^2 / sqrt(len(s_m)) over its M segments.
-  m.def("grouped_norms(Tensor[] tensors, int[] numels, Tensor segs, Tensor seg_ptr) -> (Tensor, Tensor)");
+  m.def(
+      "grouped_norms(Tensor[] tensors, int[] numels, Tensor segs, Tensor seg_ptr, Tensor runs) -> (Tensor, "
+      "Tensor)");
   // For channels with mask[c]: grad += reg * w / max(||g_c||, eps) on every segment.
   // Returns reg * sum_{mask} ||g_c|| as a 0-d fp32 tensor.
   m.def(
       "group_lasso_grad_(Tensor[] tensors, Tensor(a!)[] grads, int[] numels, Tensor segs, "
-      "Tensor seg_ptr, Tensor mask, Tensor reg, float eps) -> Tensor");
+      "Tensor seg_ptr, Tensor runs, Tensor mask, Tensor reg, float eps) -> Tensor");
   // For channels with mask[c]: w *= factor on every segment.
   m.def(
       "scale_channels_(Tensor(a!)[] tensors, int[] numels, Tensor segs, Tensor seg_ptr, "
-      "Tensor mask, Tensor factor) -> ()");
+      "Tensor runs, Tensor mask, Tensor factor) -> ()");
   // Moves the slices keep[0..n) along `dim` to the front of `tensor`'s storage, in
   // order, as a contiguous [outer, n, inner] block. `keep` must be sorted, unique
   // and in range (checked by the Python wrapper).

@@ -1,6 +1,6 @@
-// scale_channels_, CPU kernel: w *= factor on every segment of the masked channels.
-#include <ATen/core/Tensor.h>
+// scale_channels_, CPU kernel: w *= factor on every slice of the masked channels.
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include "oneprune.h"
@@ -10,33 +10,25 @@ namespace oneprune {
 namespace {
 
 void scale_channels_cpu(at::TensorList tensors, c10::IntArrayRef numels, const at::Tensor& segs,
-                        const at::Tensor& seg_ptr, const at::Tensor& mask, const at::Tensor& factor) {
-  check_layout("scale_channels_", tensors, numels, segs, seg_ptr);
+                        const at::Tensor& seg_ptr, const at::Tensor& runs, const at::Tensor& mask,
+                        const at::Tensor& factor) {
+  check_layout("scale_channels_", tensors, numels, segs, seg_ptr, runs);
   const int64_t nchan = seg_ptr.size(1) - 1;
   const int64_t nphase = seg_ptr.size(0);
   check_mask("scale_channels_", mask, nchan, segs.device());
   check_scalar("scale_channels_", "factor", factor, segs.device());
   const float f = factor.item<float>();
   const cpu::TensorTable tt(tensors);
-  const int64_t* sg = segs.data_ptr<int64_t>();
-  const int64_t* sp = seg_ptr.data_ptr<int64_t>();
-  const bool* mk = mask.data_ptr<bool>();
-  // One sweep per phase: segments within a phase are disjoint (see oneprune.h); an
-  // element shared by two masked channels is scaled twice, rows first.
-  for (int64_t p = 0; p < nphase; ++p) {
-    const int64_t* row = sp + p * (nchan + 1);
-    at::parallel_for(0, nchan, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        if (!mk[c]) continue;
-        for (int64_t i = row[c]; i < row[c + 1]; ++i) {
-          const cpu::Seg s = cpu::read_seg(sg, i);
-          cpu::for_each_row(tt.ptr[s.tensor], tt.dtype[s.tensor], s, [&](auto* r, int64_t n) {
-            using T = std::remove_pointer_t<decltype(r)>;
-            for (int64_t j = 0; j < n; ++j) r[j] = static_cast<T>(static_cast<float>(r[j]) * f);
-          });
-        }
-      }
-    });
+  const int64_t nrun = runs.size(0);
+  const int64_t* rn = runs.data_ptr<int64_t>();
+  // One sweep per phase: runs within a phase are disjoint (see oneprune.h); an element
+  // shared by two masked channels is scaled twice, rows first.
+  for (const auto& pr : cpu::phase_ranges(rn, nrun, nphase)) {
+    cpu::run_update(tt, nullptr, rn, cpu::make_work(rn, pr.first, pr.second), mask.data_ptr<bool>(),
+                    [&](auto* w, const auto*, int64_t n, int64_t) {
+                      using T = std::remove_pointer_t<decltype(w)>;
+                      for (int64_t j = 0; j < n; ++j) w[j] = static_cast<T>(static_cast<float>(w[j]) * f);
+                    });
   }
 }
 

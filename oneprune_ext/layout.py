@@ -2,8 +2,10 @@
 
 A :class:`ChannelLayout` turns every ``in_norm`` slice of every channel of every
 group into a *segment* of one parameter tensor: ``rows`` rows of ``row_len``
-contiguous elements, ``row_stride`` apart, starting at element ``base``
-(``csrc/oneprune.h`` documents the table). It is built with tensor operations (no
+contiguous elements, ``row_stride`` apart, starting at element ``base``; and every
+slice of a group into a *run* of such segments, one per channel (the CPU kernels walk
+runs row-major, the CUDA kernels walk segments per channel; ``csrc/oneprune.h``
+documents both tables). It is built with tensor operations (no
 per-channel Python loop) and rebuilt in milliseconds after a prune.
 
 The data pointers are *not* stored: every op call hands the kernels the live
@@ -75,6 +77,7 @@ class ChannelLayout:
         self.num_phases: int = max(len(dims), 1)
 
         cols: list[torch.Tensor] = []  # per slice: [C, 7] = phase, channel, tensor, base, rows, len, stride
+        runs: list[list[int]] = []  # per slice: tensor, chan0, count, base0, rows, len, stride, phase
         spans: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
         for gi, g in enumerate(self.groups):
             C = sizes[gi]
@@ -105,6 +108,8 @@ class ChannelLayout:
                 t[:, 5] = s.block * inner
                 t[:, 6] = size_d * inner
                 cols.append(t)
+                runs.append([index[s.name], self.group_offsets[gi], C, s.offset * inner, outer,
+                             s.block * inner, size_d * inner, phase_of[s.dim]])
         for (name, dim), ranges in spans.items():
             ranges.sort()
             for (a0, a1, ga), (b0, b1, gb) in zip(ranges, ranges[1:]):
@@ -124,6 +129,8 @@ class ChannelLayout:
         if self.num_phases > 1:
             # Phase p's segments follow all segments of phases < p in the table.
             seg_ptr[1:] += seg_ptr[:-1, -1:].cumsum(0)
+        runs.sort(key=lambda r: r[7])  # by phase; stable, so group order within a phase
+        self._runs_cpu = torch.tensor(runs, dtype=torch.long).reshape(-1, 8)
         self._segs_cpu = table[:, 2:].contiguous()
         self._seg_ptr_cpu = seg_ptr.contiguous()
         self._to_device(self.device)
@@ -132,14 +139,15 @@ class ChannelLayout:
         self.device = device
         self.segs = self._segs_cpu.to(device)
         self.seg_ptr = self._seg_ptr_cpu.to(device)
+        self.runs = self._runs_cpu.to(device)
 
     # ------------------------------------------------------------------ kernel inputs
     def parameters(self) -> list[nn.Parameter]:
         """The parameters the layout covers, in table order."""
         return list(self._params)
 
-    def kernel_args(self) -> tuple[list[torch.Tensor], list[int], torch.Tensor, torch.Tensor]:
-        """``(tensors, numels, segs, seg_ptr)`` for the ``torch.ops.oneprune`` kernels.
+    def kernel_args(self) -> tuple[list[torch.Tensor], list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(tensors, numels, segs, seg_ptr, runs)`` for the ``torch.ops.oneprune`` kernels.
 
         The tensors are the live parameter data (detached: the ops are not part of
         autograd). If the model moved to another device since the last call, the tables
@@ -148,7 +156,7 @@ class ChannelLayout:
         tensors = [p.detach() for p in self._params]
         if tensors and tensors[0].device != self.device:
             self._to_device(tensors[0].device)
-        return tensors, self.numels, self.segs, self.seg_ptr
+        return tensors, self.numels, self.segs, self.seg_ptr, self.runs
 
     def grads(self) -> list[torch.Tensor]:
         """The ``.grad`` of every covered parameter; a missing one becomes zeros (kept on the parameter)."""

@@ -53,8 +53,8 @@ def grouped_norms(layout: "ChannelLayout") -> tuple[torch.Tensor, torch.Tensor]:
         ``sq_norm[c] = ||g_c||^2`` (all slices of channel ``c`` concatenated) and
         ``saliency[c] = (1/M) * sum_m ||s_m(c)||^2 / sqrt(len(s_m(c)))`` over its M slices.
     """
-    tensors, numels, segs, seg_ptr = layout.kernel_args()
-    return _ops.grouped_norms.default(tensors, numels, segs, seg_ptr)
+    tensors, numels, segs, seg_ptr, runs = layout.kernel_args()
+    return _ops.grouped_norms.default(tensors, numels, segs, seg_ptr, runs)
 
 
 def group_lasso_grad_(
@@ -70,10 +70,10 @@ def group_lasso_grad_(
         The penalty ``reg * sum_{c in mask} ||g_c||`` as a 0-d fp32 tensor on the layout's
         device (not synchronised).
     """
-    tensors, numels, segs, seg_ptr = layout.kernel_args()
+    tensors, numels, segs, seg_ptr, runs = layout.kernel_args()
     grads = layout.grads()
     return _ops.group_lasso_grad_.default(
-        tensors, grads, numels, segs, seg_ptr, _mask(layout, mask), _scalar(reg, layout.device, "reg"),
+        tensors, grads, numels, segs, seg_ptr, runs, _mask(layout, mask), _scalar(reg, layout.device, "reg"),
         float(eps),
     )
 
@@ -84,9 +84,9 @@ def scale_channels_(layout: "ChannelLayout", mask: torch.Tensor, factor: Scalar)
     An entry that belongs to two masked channels (row of one, column of another) is
     scaled twice, as a per-slice loop would.
     """
-    tensors, numels, segs, seg_ptr = layout.kernel_args()
+    tensors, numels, segs, seg_ptr, runs = layout.kernel_args()
     _ops.scale_channels_.default(
-        tensors, numels, segs, seg_ptr, _mask(layout, mask), _scalar(factor, layout.device, "factor")
+        tensors, numels, segs, seg_ptr, runs, _mask(layout, mask), _scalar(factor, layout.device, "factor")
     )
 
 
@@ -133,18 +133,18 @@ def compact_(tensor: torch.Tensor, dim: int, keep: torch.Tensor | list[int]) -> 
 
 
 @torch.library.register_fake("oneprune::grouped_norms")
-def _grouped_norms_fake(tensors, numels, segs, seg_ptr):
+def _grouped_norms_fake(tensors, numels, segs, seg_ptr, runs):
     n = seg_ptr.shape[1] - 1
     return seg_ptr.new_empty((n,), dtype=torch.float32), seg_ptr.new_empty((n,), dtype=torch.float32)
 
 
 @torch.library.register_fake("oneprune::group_lasso_grad_")
-def _group_lasso_grad_fake(tensors, grads, numels, segs, seg_ptr, mask, reg, eps):
+def _group_lasso_grad_fake(tensors, grads, numels, segs, seg_ptr, runs, mask, reg, eps):
     return segs.new_empty((), dtype=torch.float32)
 
 
 @torch.library.register_fake("oneprune::scale_channels_")
-def _scale_channels_fake(tensors, numels, segs, seg_ptr, mask, factor):
+def _scale_channels_fake(tensors, numels, segs, seg_ptr, runs, mask, factor):
     return None
 
 

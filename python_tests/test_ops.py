@@ -233,17 +233,17 @@ def test_ops_reject_bad_masks():
 def test_ops_reject_mismatched_arguments_at_the_c_level():
     model, groups = random_layout(0)
     layout = ChannelLayout(model, groups)
-    tensors, numels, segs, seg_ptr = layout.kernel_args()
+    tensors, numels, segs, seg_ptr, runs = layout.kernel_args()
     with pytest.raises(ValueError, match="tensors"):
-        torch.ops.oneprune.grouped_norms(tensors[:-1], numels, segs, seg_ptr)
+        torch.ops.oneprune.grouped_norms(tensors[:-1], numels, segs, seg_ptr, runs)
     with pytest.raises(ValueError, match="dtype"):
-        torch.ops.oneprune.grouped_norms([t.double() for t in tensors], numels, segs, seg_ptr)
+        torch.ops.oneprune.grouped_norms([t.double() for t in tensors], numels, segs, seg_ptr, runs)
     strided = [t.transpose(0, -1).contiguous().transpose(0, -1) for t in tensors]
     if any(not t.is_contiguous() for t in strided):
         with pytest.raises(ValueError, match="contiguous"):
-            torch.ops.oneprune.grouped_norms(strided, numels, segs, seg_ptr)
+            torch.ops.oneprune.grouped_norms(strided, numels, segs, seg_ptr, runs)
     with pytest.raises(ValueError, match="seg_ptr"):
-        torch.ops.oneprune.grouped_norms(tensors, numels, segs, seg_ptr[0])
+        torch.ops.oneprune.grouped_norms(tensors, numels, segs, seg_ptr[0], runs)
 
 
 # --- torch.library integration ---------------------------------------------------------
@@ -253,30 +253,30 @@ def _op_args(seed=0):
     model, groups = random_layout(seed)
     layout = ChannelLayout(model, groups)
     set_grads(model, seed)
-    tensors, numels, segs, seg_ptr = layout.kernel_args()
+    tensors, numels, segs, seg_ptr, runs = layout.kernel_args()
     mask = random_mask(layout.num_channels, seed)
-    return layout, tensors, numels, segs, seg_ptr, mask
+    return layout, tensors, numels, segs, seg_ptr, runs, mask
 
 
 def test_opcheck_all_ops():
-    layout, tensors, numels, segs, seg_ptr, mask = _op_args()
+    layout, tensors, numels, segs, seg_ptr, runs, mask = _op_args()
     grads = layout.grads()
     reg = torch.tensor(0.1)
-    torch.library.opcheck(torch.ops.oneprune.grouped_norms.default, (tensors, numels, segs, seg_ptr))
+    torch.library.opcheck(torch.ops.oneprune.grouped_norms.default, (tensors, numels, segs, seg_ptr, runs))
     torch.library.opcheck(torch.ops.oneprune.group_lasso_grad_.default,
-                          (tensors, grads, numels, segs, seg_ptr, mask, reg, 1e-12))
+                          (tensors, grads, numels, segs, seg_ptr, runs, mask, reg, 1e-12))
     torch.library.opcheck(torch.ops.oneprune.scale_channels_.default,
-                          (tensors, numels, segs, seg_ptr, mask, torch.tensor(0.9)))
+                          (tensors, numels, segs, seg_ptr, runs, mask, torch.tensor(0.9)))
     t = torch.randn(6, 4, 3)
     torch.library.opcheck(torch.ops.oneprune.compact_.default, (t, 1, torch.tensor([0, 2])))
 
 
 def test_torch_compile_calls_the_ops():
-    layout, tensors, numels, segs, seg_ptr, mask = _op_args(1)
+    layout, tensors, numels, segs, seg_ptr, runs, mask = _op_args(1)
 
     def step(ts, gs, m):
-        sq, sal = torch.ops.oneprune.grouped_norms(ts, numels, segs, seg_ptr)
-        pen = torch.ops.oneprune.group_lasso_grad_(ts, gs, numels, segs, seg_ptr, m, torch.tensor(0.1), 1e-12)
+        sq, sal = torch.ops.oneprune.grouped_norms(ts, numels, segs, seg_ptr, runs)
+        pen = torch.ops.oneprune.group_lasso_grad_(ts, gs, numels, segs, seg_ptr, runs, m, torch.tensor(0.1), 1e-12)
         return sq.sum() + sal.sum(), pen
 
     twin_model = copy.deepcopy(layout.model)

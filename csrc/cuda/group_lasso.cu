@@ -82,9 +82,9 @@ __global__ void __launch_bounds__(kBlock) lasso_update_kernel(const PtrTable wta
 }
 
 at::Tensor group_lasso_grad_cuda(at::TensorList tensors, at::TensorList grads, c10::IntArrayRef numels,
-                                 const at::Tensor& segs, const at::Tensor& seg_ptr, const at::Tensor& mask,
+                                 const at::Tensor& segs, const at::Tensor& seg_ptr, const at::Tensor& runs, const at::Tensor& mask,
                                  const at::Tensor& reg, double eps) {
-  check_layout("group_lasso_grad_", tensors, numels, segs, seg_ptr);
+  check_layout("group_lasso_grad_", tensors, numels, segs, seg_ptr, runs);
   check_grads("group_lasso_grad_", tensors, grads);
   const int64_t nchan = seg_ptr.size(1) - 1;
   const int64_t nphase = seg_ptr.size(0);

@@ -35,8 +35,9 @@ __global__ void __launch_bounds__(kBlock) grouped_norms_kernel(const PtrTable ta
 }
 
 std::tuple<at::Tensor, at::Tensor> grouped_norms_cuda(at::TensorList tensors, c10::IntArrayRef numels,
-                                                      const at::Tensor& segs, const at::Tensor& seg_ptr) {
-  check_layout("grouped_norms", tensors, numels, segs, seg_ptr);
+                                                      const at::Tensor& segs, const at::Tensor& seg_ptr,
+                                                      const at::Tensor& runs) {
+  check_layout("grouped_norms", tensors, numels, segs, seg_ptr, runs);
   const c10::cuda::CUDAGuard guard(segs.device());
   const int64_t nchan = seg_ptr.size(1) - 1;
   const int64_t nphase = seg_ptr.size(0);
