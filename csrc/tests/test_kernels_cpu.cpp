@@ -67,9 +67,17 @@ void fail(const char* file, int line, const char* cond, const std::string& msg) 
 
 using Stack = std::vector<c10::IValue>;
 
-// Boxed call of oneprune::<name> through the dispatcher; returns the output stack.
-Stack call(const char* name, Stack args) {
+// Boxed call of oneprune::<name> through the dispatcher; returns the output stack. `args`
+// follow the schema without `runs`; where the schema has a `runs` argument (the per-slice
+// form of the layout, see oneprune.h), `runs` is inserted at its place.
+Stack call(const char* name, Stack args, const at::Tensor& runs = at::Tensor()) {
   const auto op = c10::Dispatcher::singleton().findSchemaOrThrow((std::string("oneprune::") + name).c_str(), "");
+  const auto& schema_args = op.schema().arguments();
+  for (size_t i = 0; i < schema_args.size(); ++i)
+    if (schema_args[i].name() == "runs") {
+      TORCH_CHECK(runs.defined(), "test bug: ", name, " takes runs but none was given");
+      args.insert(args.begin() + static_cast<std::ptrdiff_t>(i), runs);
+    }
   op.callBoxed(&args);
   return args;
 }
@@ -89,6 +97,7 @@ struct Layout {
   int64_t nchan = 0, nphase = 2;
   std::vector<TensorSpec> specs;
   at::Tensor segs, seg_ptr;
+  at::Tensor runs;  // int64 [nrun, 8]: tensor, chan0, count, base, rows, row_len, row_stride, phase
   std::vector<int64_t> numels;
 };
 
@@ -129,6 +138,20 @@ Layout make_layout(std::mt19937& rng, int64_t nchan, int ntensors, int64_t maxdi
     L.specs.push_back(s);
     L.numels.push_back(s.O * s.I * s.inner);
   }
+  // The same slices as runs: all rows of a tensor are one run, all its columns another.
+  std::vector<std::array<int64_t, 8>> runs;
+  for (int64_t t = 0; t < (int64_t)L.specs.size(); ++t) {
+    const auto& s = L.specs[t];
+    runs.push_back({t, s.row_off, s.O, 0, 1, s.I * s.inner, s.I * s.inner, 0});
+  }
+  for (int64_t t = 0; t < (int64_t)L.specs.size(); ++t) {
+    const auto& s = L.specs[t];
+    if (s.col_off >= 0) runs.push_back({t, s.col_off, s.I, 0, s.O, s.inner, s.I * s.inner, 1});
+  }
+  L.runs = at::empty({(int64_t)runs.size(), 8}, at::kLong);
+  auto ra = L.runs.accessor<int64_t, 2>();
+  for (size_t k = 0; k < runs.size(); ++k)
+    for (int j = 0; j < 8; ++j) ra[k][j] = runs[k][j];
   // (phase, channel, tensor, base, rows, len, stride)
   std::vector<std::array<int64_t, 7>> raw;
   for (size_t t = 0; t < L.specs.size(); ++t) {
@@ -213,6 +236,9 @@ bool approx(double got, double ref, double rtol, double scale) {
   return std::isfinite(got) && std::fabs(got - ref) <= rtol * std::max(std::fabs(ref), scale) + 1e-6;
 }
 
+// runs of the hand-made 4-channel layout of a [4, 3] tensor (channel c owns row c)
+at::Tensor rows_4x3_runs() { return at::tensor({0, 0, 4, 0, 1, 3, 3, 0}, at::kLong).view({1, 8}); }
+
 at::Tensor random_mask(std::mt19937& rng, int64_t n) {
   at::Tensor m = at::empty({n}, at::kBool);
   for (int64_t c = 0; c < n; ++c) m.data_ptr<bool>()[c] = std::bernoulli_distribution(0.6)(rng);
@@ -227,7 +253,7 @@ void test_grouped_norms(std::mt19937& rng) {
     for (at::ScalarType dt : {at::kFloat, at::kHalf, at::kBFloat16}) {
       Layout L = make_layout(rng, cs.nchan, cs.ntensors, cs.maxdim, cs.one_phase);
       auto ts = make_tensors(L, dt);
-      Stack out = call("grouped_norms", {ts, L.numels, L.segs, L.seg_ptr});
+      Stack out = call("grouped_norms", {ts, L.numels, L.segs, L.seg_ptr}, L.runs);
       EXPECT(out.size() == 2, "grouped_norms returned " << out.size() << " values");
       at::Tensor sq = out[0].toTensor(), sal = out[1].toTensor();
       EXPECT(sq.scalar_type() == at::kFloat && sal.scalar_type() == at::kFloat, "outputs must be fp32");
@@ -242,17 +268,19 @@ void test_grouped_norms(std::mt19937& rng) {
               dtype_name(dt) << " nchan=" << cs.nchan << " c=" << c << " saliency " << sal[c].item<float>() << " vs " << rsal[c]);
       }
       // deterministic: bit-identical on a second call
-      Stack again = call("grouped_norms", {ts, L.numels, L.segs, L.seg_ptr});
+      Stack again = call("grouped_norms", {ts, L.numels, L.segs, L.seg_ptr}, L.runs);
       EXPECT(at::equal(again[0].toTensor(), sq) && at::equal(again[1].toTensor(), sal), "grouped_norms not deterministic");
     }
   // no channels at all / no segments
   {
     at::Tensor w = at::randn({3});
     Stack out = call("grouped_norms", {std::vector<at::Tensor>{w}, std::vector<int64_t>{3},
-                                       at::empty({0, 5}, at::kLong), at::zeros({1, 1}, at::kLong)});
+                                       at::empty({0, 5}, at::kLong), at::zeros({1, 1}, at::kLong)},
+               at::empty({0, 8}, at::kLong));
     EXPECT(out[0].toTensor().numel() == 0, "empty layout gives empty outputs");
     out = call("grouped_norms", {std::vector<at::Tensor>{w}, std::vector<int64_t>{3}, at::empty({0, 5}, at::kLong),
-                                 at::zeros({2, 4}, at::kLong)});
+                                 at::zeros({2, 4}, at::kLong)},
+               at::empty({0, 8}, at::kLong));
     EXPECT(at::equal(out[0].toTensor(), at::zeros({3})) && at::equal(out[1].toTensor(), at::zeros({3})),
           "channels without segments have zero norm and saliency");
   }
@@ -272,7 +300,8 @@ void test_group_lasso(std::mt19937& rng) {
       at::Tensor mask = random_mask(rng, cs.nchan);
       const bool* mk = mask.data_ptr<bool>();
       Stack out = call("group_lasso_grad_", {ws, gs, L.numels, L.segs, L.seg_ptr, mask,
-                                             at::scalar_tensor(reg, at::kFloat), eps});
+                                             at::scalar_tensor(reg, at::kFloat), eps},
+                            L.runs);
       std::vector<double> sq, sal;
       ref_norms(L, ws, sq, sal);
       std::vector<double> coef(cs.nchan, 0.0);
@@ -318,7 +347,8 @@ void test_group_lasso(std::mt19937& rng) {
     at::Tensor segs = at::tensor({0, 0, 1, 3, 3, 0, 3, 1, 3, 3, 0, 6, 1, 3, 3, 0, 9, 1, 3, 3}, at::kLong).view({4, 5});
     at::Tensor seg_ptr = at::tensor({0, 1, 2, 3, 4}, at::kLong).view({1, 5});
     Stack out = call("group_lasso_grad_", {std::vector<at::Tensor>{w}, std::vector<at::Tensor>{g}, std::vector<int64_t>{12},
-                                           segs, seg_ptr, at::ones({4}, at::kBool), at::scalar_tensor(1.0, at::kFloat), 1e-12});
+                                           segs, seg_ptr, at::ones({4}, at::kBool), at::scalar_tensor(1.0, at::kFloat), 1e-12},
+                            rows_4x3_runs());
     EXPECT(at::equal(g, g_before), "zero channel: grads must stay unchanged");
     EXPECT(out[0].toTensor().item<float>() == 0.f, "zero channel: penalty must be 0");
   }
@@ -335,7 +365,7 @@ void test_scale_channels(std::mt19937& rng) {
       at::Tensor mask = random_mask(rng, nchan);
       const bool* mk = mask.data_ptr<bool>();
       const double f = 0.8125;  // exact in every dtype
-      call("scale_channels_", {ws, L.numels, L.segs, L.seg_ptr, mask, at::scalar_tensor(f, at::kFloat)});
+      call("scale_channels_", {ws, L.numels, L.segs, L.seg_ptr, mask, at::scalar_tensor(f, at::kFloat)}, L.runs);
       const double rtol = rtol_for(dt);
       for (size_t t = 0; t < ws.size(); ++t) {
         const auto& s = L.specs[t];
@@ -434,7 +464,8 @@ void test_errors() {
   const std::vector<int64_t> numels = {12};
   using TL = std::vector<at::Tensor>;
   using IL = std::vector<int64_t>;
-  auto norms = [&](TL ts, IL n, at::Tensor s, at::Tensor sp) { call("grouped_norms", {ts, n, s, sp}); };
+  const at::Tensor runs = rows_4x3_runs();
+  auto norms = [&](TL ts, IL n, at::Tensor s, at::Tensor sp) { call("grouped_norms", {ts, n, s, sp}, runs); };
   // the good call works
   norms(TL{w}, numels, segs, seg_ptr);
 
@@ -450,7 +481,7 @@ void test_errors() {
   CHECK_THROWS("not contiguous", [&] { norms(TL{at::randn({3, 4}).t()}, numels, segs, seg_ptr); });
 
   auto lasso = [&](TL ws, TL gs, at::Tensor mask, at::Tensor reg, double eps) {
-    call("group_lasso_grad_", {ws, gs, numels, segs, seg_ptr, mask, reg, eps});
+    call("group_lasso_grad_", {ws, gs, numels, segs, seg_ptr, mask, reg, eps}, runs);
   };
   const at::Tensor mask = at::ones({4}, at::kBool), reg = at::scalar_tensor(0.1, at::kFloat);
   lasso(TL{w}, TL{g}, mask, reg, 1e-8);
@@ -463,7 +494,7 @@ void test_errors() {
   CHECK_THROWS("reg must be a float32", [&] { lasso(TL{w}, TL{g}, mask, at::ones({2}), 1e-8); });
   CHECK_THROWS("eps must be positive", [&] { lasso(TL{w}, TL{g}, mask, reg, 0.0); });
 
-  auto scale = [&](TL ws, at::Tensor mask, at::Tensor f) { call("scale_channels_", {ws, numels, segs, seg_ptr, mask, f}); };
+  auto scale = [&](TL ws, at::Tensor mask, at::Tensor f) { call("scale_channels_", {ws, numels, segs, seg_ptr, mask, f}, runs); };
   scale(TL{w.clone()}, mask, at::scalar_tensor(0.5, at::kFloat));
   CHECK_THROWS("factor must be a float32", [&] { scale(TL{w}, mask, at::ones({2})); });
   CHECK_THROWS("one entry per channel", [&] { scale(TL{w}, at::ones({5}, at::kBool), at::scalar_tensor(0.5, at::kFloat)); });
