@@ -41,14 +41,18 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
 	$(PY) -m oneprune_ext info
 	touch $@
 
+# CMake build of the same sources (library for torch.ops.load_library + C++ tests);
+# see csrc/tests/README.md. The sanitizer build skips the CUDA sources (device code is
+# not instrumented) to save the nvcc compiles.
+CMAKE_ENV = PATH=$(CURDIR)/$(VENV)/bin:$$PATH
 cmake-test: $(DEPS_STAMP)
-	cmake -S . -B build-cmake -G Ninja -DPython_EXECUTABLE=$(abspath $(PY)) -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja)
-	cmake --build build-cmake
+	$(CMAKE_ENV) cmake -S . -B build-cmake -G Ninja
+	$(CMAKE_ENV) cmake --build build-cmake -j$$(nproc)
 	ctest --test-dir build-cmake --output-on-failure
 
 asan-test: $(DEPS_STAMP)
-	cmake -S . -B build-asan -G Ninja -DONEPRUNE_SANITIZE=ON -DPython_EXECUTABLE=$(abspath $(PY)) -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja)
-	cmake --build build-asan
+	$(CMAKE_ENV) cmake -S . -B build-asan -G Ninja -DONEPRUNE_SANITIZE=ON -DONEPRUNE_CUDA=OFF
+	$(CMAKE_ENV) cmake --build build-asan -j$$(nproc)
 	ctest --test-dir build-asan --output-on-failure
 
 clean:

@@ -82,15 +82,26 @@ if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.i
 
 debug = os.environ.get("ONEPRUNE_DEBUG") == "1"
 cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+# at::parallel_for is inline OpenMP code when torch's ATen backend is OpenMP (the default
+# wheels): without -fopenmp the CPU kernels would silently run on one thread.
+openmp = "OpenMP" in torch.__config__.parallel_info() and sys.platform.startswith("linux")
+link_flags = ["-fopenmp"] if openmp else []
+if openmp:
+    cxx_flags.append("-fopenmp")
 nvcc_flags = ["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]
 sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
 if WITH_CUDA:
     sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     ext = CUDAExtension(
-        "oneprune_ext._C", sources, extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}
+        "oneprune_ext._C",
+        sources,
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_link_args=link_flags,
     )
 else:
-    ext = CppExtension("oneprune_ext._C", sources, extra_compile_args={"cxx": cxx_flags})
+    ext = CppExtension(
+        "oneprune_ext._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags
+    )
 
 
 class BuildWithInfo(BuildExtension):

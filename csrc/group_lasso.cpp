@@ -51,13 +51,8 @@ at::Tensor group_lasso_grad_cpu(at::TensorList tensors, at::TensorList grads, c1
   // parallel without races; an element shared by a row and a column channel receives both
   // terms, rows first.
   for (const auto& pr : cpu::phase_ranges(rn, nrun, nphase)) {
-    cpu::run_update(gt, &wt, rn, cpu::make_work(rn, pr.first, pr.second), mk,
-                    [&](auto* g, const auto* w, int64_t n, int64_t c) {
-                      using T = std::remove_pointer_t<decltype(g)>;
-                      const float coef = coefs[c];
-                      for (int64_t j = 0; j < n; ++j)
-                        g[j] = static_cast<T>(static_cast<float>(g[j]) + coef * static_cast<float>(w[j]));
-                    });
+    cpu::run_update<true>(gt, &wt, rn, cpu::make_work(rn, pr.first, pr.second), mk, coefs.data(),
+                          [](float g, float w, float coef) { return g + coef * w; });
   }
   return at::scalar_tensor(static_cast<float>(reg_v * total), at::TensorOptions().dtype(at::kFloat));
 }

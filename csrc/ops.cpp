@@ -9,7 +9,8 @@
 // Importing the Python module `oneprune_ext._C` registers the ops below.
 extern "C" {
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr,
+                                          nullptr,  nullptr,  nullptr, nullptr};
   return PyModule_Create(&module_def);
 }
 }
@@ -38,6 +39,22 @@ void check_layout(const char* what, at::TensorList tensors, c10::IntArrayRef num
                     what, ": runs must be a contiguous int64 tensor of shape [nrun, 8]");
   TORCH_CHECK_VALUE(segs.device() == seg_ptr.device() && segs.device() == runs.device(), what,
                     ": segs, seg_ptr and runs must be on the same device");
+  if (runs.device().is_cpu()) {
+    // The CPU kernels address memory through the runs: check every run stays inside its
+    // tensor and the channel range (O(runs); the CUDA tables are validated by ChannelLayout).
+    const int64_t nchan = seg_ptr.size(1) - 1;
+    const int64_t* rn = runs.data_ptr<int64_t>();
+    for (int64_t i = 0; i < runs.size(0); ++i) {
+      const int64_t* r = rn + i * kRunCols;
+      const int64_t t = r[kRunTensor], c0 = r[kRunChan0], n = r[kRunCount], base = r[kRunBase];
+      const int64_t rows = r[kRunRows], len = r[kRunLen], stride = r[kRunStride], phase = r[kRunPhase];
+      bool ok = t >= 0 && t < static_cast<int64_t>(numels.size()) && c0 >= 0 && n >= 0 && c0 + n <= nchan &&
+                phase >= 0 && phase < seg_ptr.size(0) && base >= 0 && rows >= 0 && len >= 0 && stride >= 0;
+      if (ok && n > 0 && rows > 0 && len > 0) ok = base + (n - 1) * len + (rows - 1) * stride + len <= numels[t];
+      TORCH_CHECK_VALUE(ok, what, ": run ", i, " of the layout lies outside its tensor or the channel range; "
+                        "rebuild the ChannelLayout");
+    }
+  }
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
     TORCH_CHECK_VALUE(t.defined(), what, ": tensor ", i, " is undefined");

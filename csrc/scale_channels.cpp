@@ -3,6 +3,8 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "oneprune.h"
 #include "segments_cpu.h"
 
@@ -17,18 +19,15 @@ void scale_channels_cpu(at::TensorList tensors, c10::IntArrayRef numels, const a
   const int64_t nphase = seg_ptr.size(0);
   check_mask("scale_channels_", mask, nchan, segs.device());
   check_scalar("scale_channels_", "factor", factor, segs.device());
-  const float f = factor.item<float>();
+  const std::vector<float> factors(static_cast<size_t>(nchan), factor.item<float>());
   const cpu::TensorTable tt(tensors);
   const int64_t nrun = runs.size(0);
   const int64_t* rn = runs.data_ptr<int64_t>();
   // One sweep per phase: runs within a phase are disjoint (see oneprune.h); an element
   // shared by two masked channels is scaled twice, rows first.
   for (const auto& pr : cpu::phase_ranges(rn, nrun, nphase)) {
-    cpu::run_update(tt, nullptr, rn, cpu::make_work(rn, pr.first, pr.second), mask.data_ptr<bool>(),
-                    [&](auto* w, const auto*, int64_t n, int64_t) {
-                      using T = std::remove_pointer_t<decltype(w)>;
-                      for (int64_t j = 0; j < n; ++j) w[j] = static_cast<T>(static_cast<float>(w[j]) * f);
-                    });
+    cpu::run_update<false>(tt, nullptr, rn, cpu::make_work(rn, pr.first, pr.second), mask.data_ptr<bool>(),
+                           factors.data(), [](float w, float, float a) { return w * a; });
   }
 }
 

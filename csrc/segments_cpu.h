@@ -13,6 +13,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "oneprune.h"
@@ -78,12 +79,13 @@ struct WorkItem {
   int64_t run, k0, k1;  // channels chan0+k0 .. chan0+k1-1 of the run
 };
 
-// Work items of the runs [r0, r1): chunks of channels covering about 4096 elements per row.
+// Work items of the runs [r0, r1): chunks of channels covering about 1024 elements (4 KiB
+// of fp32) per row, so a wide column slice splits into several items.
 inline std::vector<WorkItem> make_work(const int64_t* runs, int64_t r0, int64_t r1) {
   std::vector<WorkItem> items;
   for (int64_t i = r0; i < r1; ++i) {
     const Run r = read_run(runs, i);
-    const int64_t chunk = std::max<int64_t>(1, 4096 / std::max<int64_t>(r.len, 1));
+    const int64_t chunk = std::max<int64_t>(1, 1024 / std::max<int64_t>(r.len, 1));
     for (int64_t k = 0; k < r.count; k += chunk) items.push_back({i, k, std::min(r.count, k + chunk)});
   }
   return items;
@@ -109,6 +111,40 @@ inline std::vector<std::pair<int64_t, int64_t>> phase_ranges(const int64_t* runs
   return out;
 }
 
+// Adds the squares of channels [k0, k1) of one row of a run to out[k0..k1), with a tight loop
+// per row shape: a column slice of a 1x1 conv or linear (len 1) vectorises across channels.
+template <typename T>
+inline void row_sumsq(const T* rp, int64_t len, int64_t k0, int64_t k1, const bool* mask, float* out) {
+  if (len == 1) {
+    if (mask) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const float v = static_cast<float>(rp[k]);
+        out[k] += mask[k] ? v * v : 0.f;
+      }
+    } else {
+      for (int64_t k = k0; k < k1; ++k) {
+        const float v = static_cast<float>(rp[k]);
+        out[k] += v * v;
+      }
+    }
+    return;
+  }
+  for (int64_t k = k0; k < k1; ++k) {
+    if (mask && !mask[k]) continue;
+    const T* p = rp + k * len;
+    if (len < 32) {
+      float acc = 0.f;
+      for (int64_t j = 0; j < len; ++j) {
+        const float v = static_cast<float>(p[j]);
+        acc += v * v;
+      }
+      out[k] += acc;
+    } else {
+      out[k] += sumsq(p, len);
+    }
+  }
+}
+
 // Per (run, channel) sums of squares into partial (only channels with mask[c], when given).
 inline void run_sumsq_partials(const TensorTable& tt, const int64_t* runs, const std::vector<WorkItem>& items,
                                const std::vector<int64_t>& off, const bool* mask, float* partial) {
@@ -117,41 +153,60 @@ inline void run_sumsq_partials(const TensorTable& tt, const int64_t* runs, const
       const WorkItem it = items[w];
       const Run r = read_run(runs, it.run);
       float* out = partial + off[it.run];
+      const bool* m = mask ? mask + r.chan0 : nullptr;
       for (int64_t k = it.k0; k < it.k1; ++k) out[k] = 0.f;
+      bool any = m == nullptr;
+      for (int64_t k = it.k0; k < it.k1 && !any; ++k) any = m[k];
+      if (!any) continue;
       dispatch_dtype(tt.dtype[r.tensor], [&](auto tag) {
         using T = decltype(tag);
         const T* base = reinterpret_cast<const T*>(tt.ptr[r.tensor]) + r.base;
-        for (int64_t row = 0; row < r.rows; ++row) {
-          const T* rp = base + row * r.stride;
-          for (int64_t k = it.k0; k < it.k1; ++k) {
-            if (mask && !mask[r.chan0 + k]) continue;
-            out[k] += sumsq(rp + k * r.len, r.len);
-          }
-        }
+        for (int64_t row = 0; row < r.rows; ++row) row_sumsq(base + row * r.stride, r.len, it.k0, it.k1, m, out);
       });
     }
   });
 }
 
-// For every work item of one phase: f(T* dst_row_span, const T* src_row_span, len, coef_of_channel)
-// is applied per row and channel; used for the in-place updates (scaling, group lasso).
-template <typename F>
+// For every work item of one phase, every masked channel c and every element of its
+// segment: d = op(d, s, a[c]) in fp32, where s is the same element of `src` (when kHasSrc)
+// and a[c] a per-channel coefficient. Used for the in-place updates (scaling, group lasso).
+// A row of a column slice with one element per channel is updated across its channels in
+// one branch-free (vectorisable) loop; longer segments skip unmasked channels; items
+// without a masked channel touch no memory.
+template <bool kHasSrc, typename Op>
 inline void run_update(const TensorTable& dst, const TensorTable* src, const int64_t* runs,
-                       const std::vector<WorkItem>& items, const bool* mask, F&& f) {
+                       const std::vector<WorkItem>& items, const bool* mask, const float* a, Op op) {
   at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t w = begin; w < end; ++w) {
       const WorkItem it = items[w];
       const Run r = read_run(runs, it.run);
+      const bool* m = mask + r.chan0;
+      const float* ac = a + r.chan0;
+      bool any = false;
+      for (int64_t k = it.k0; k < it.k1 && !any; ++k) any = m[k];
+      if (!any) continue;
       dispatch_dtype(dst.dtype[r.tensor], [&](auto tag) {
         using T = decltype(tag);
         T* d = reinterpret_cast<T*>(dst.ptr[r.tensor]) + r.base;
-        const T* s = src ? reinterpret_cast<const T*>(src->ptr[r.tensor]) + r.base : nullptr;
+        const T* s = kHasSrc ? reinterpret_cast<const T*>(src->ptr[r.tensor]) + r.base : nullptr;
         for (int64_t row = 0; row < r.rows; ++row) {
+          T* dr = d + row * r.stride;
+          const T* sr = kHasSrc ? s + row * r.stride : nullptr;
+          if (r.len == 1) {
+            for (int64_t k = it.k0; k < it.k1; ++k) {
+              const float x = static_cast<float>(dr[k]);
+              const float y = op(x, kHasSrc ? static_cast<float>(sr[k]) : 0.f, ac[k]);
+              dr[k] = static_cast<T>(m[k] ? y : x);
+            }
+            continue;
+          }
           for (int64_t k = it.k0; k < it.k1; ++k) {
-            const int64_t c = r.chan0 + k;
-            if (!mask[c]) continue;
-            const int64_t o = row * r.stride + k * r.len;
-            f(d + o, s ? s + o : nullptr, r.len, c);
+            if (!m[k]) continue;
+            T* dp = dr + k * r.len;
+            const T* sp = kHasSrc ? sr + k * r.len : nullptr;
+            const float ak = ac[k];
+            for (int64_t j = 0; j < r.len; ++j)
+              dp[j] = static_cast<T>(op(static_cast<float>(dp[j]), kHasSrc ? static_cast<float>(sp[j]) : 0.f, ak));
           }
         }
       });
