@@ -10,13 +10,16 @@ BUILD_STAMP := $(VENV)/.oneprune-build
 SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: demo test build bench info cmake-test asan-test clean
+.PHONY: demo test build bench info cpp-test cmake-test asan-test clean
 
 demo: $(BUILD_STAMP)
 	$(PY) examples/digits_demo.py
 
+# Python tests, then the C++ tests of the kernels (CMake/ctest, plain and under ASan+UBSan;
+# CPU-only there: the pip build above already compiled the CUDA kernels).
 test: $(BUILD_STAMP)
 	$(PY) -m pytest python_tests $(PYTEST_ARGS)
+	$(MAKE) cpp-test CMAKE_FLAGS=-DONEPRUNE_CUDA=OFF
 
 build: $(BUILD_STAMP)
 
@@ -45,8 +48,11 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
 # see csrc/tests/README.md. The sanitizer build skips the CUDA sources (device code is
 # not instrumented) to save the nvcc compiles.
 CMAKE_ENV = PATH=$(CURDIR)/$(VENV)/bin:$$PATH
+CMAKE_FLAGS ?=
+cpp-test: cmake-test asan-test
+
 cmake-test: $(DEPS_STAMP)
-	$(CMAKE_ENV) cmake -S . -B build-cmake -G Ninja
+	$(CMAKE_ENV) cmake -S . -B build-cmake -G Ninja $(CMAKE_FLAGS)
 	$(CMAKE_ENV) cmake --build build-cmake -j$$(nproc)
 	ctest --test-dir build-cmake --output-on-failure
 

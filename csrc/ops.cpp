@@ -39,6 +39,20 @@ void check_layout(const char* what, at::TensorList tensors, c10::IntArrayRef num
                     what, ": runs must be a contiguous int64 tensor of shape [nrun, 8]");
   TORCH_CHECK_VALUE(segs.device() == seg_ptr.device() && segs.device() == runs.device(), what,
                     ": segs, seg_ptr and runs must be on the same device");
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    TORCH_CHECK_VALUE(t.defined(), what, ": tensor ", i, " is undefined");
+    TORCH_CHECK_VALUE(t.device() == segs.device(), what, ": tensor ", i, " is on ", t.device(),
+                      " but the layout is on ", segs.device(),
+                      "; move the model before building the layout (or call layout.rebuild())");
+    TORCH_CHECK_VALUE(supported_dtype(t.scalar_type()), what, ": tensor ", i, " has dtype ",
+                      t.scalar_type(), "; only float32, float16 and bfloat16 are supported");
+    TORCH_CHECK_VALUE(t.is_contiguous(), what, ": tensor ", i,
+                      " is not contiguous; call .contiguous() on the parameter's data");
+    TORCH_CHECK_VALUE(t.numel() == numels[i], what, ": tensor ", i, " has ", t.numel(),
+                      " elements but the layout was built for ", numels[i],
+                      "; its shape changed behind the layout: call layout.rebuild()");
+  }
   if (runs.device().is_cpu()) {
     // The CPU kernels address memory through the runs: check every run stays inside its
     // tensor and the channel range (O(runs); the CUDA tables are validated by ChannelLayout).
@@ -54,20 +68,6 @@ void check_layout(const char* what, at::TensorList tensors, c10::IntArrayRef num
       TORCH_CHECK_VALUE(ok, what, ": run ", i, " of the layout lies outside its tensor or the channel range; "
                         "rebuild the ChannelLayout");
     }
-  }
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor& t = tensors[i];
-    TORCH_CHECK_VALUE(t.defined(), what, ": tensor ", i, " is undefined");
-    TORCH_CHECK_VALUE(t.device() == segs.device(), what, ": tensor ", i, " is on ", t.device(),
-                      " but the layout is on ", segs.device(),
-                      "; move the model before building the layout (or call layout.rebuild())");
-    TORCH_CHECK_VALUE(supported_dtype(t.scalar_type()), what, ": tensor ", i, " has dtype ",
-                      t.scalar_type(), "; only float32, float16 and bfloat16 are supported");
-    TORCH_CHECK_VALUE(t.is_contiguous(), what, ": tensor ", i,
-                      " is not contiguous; call .contiguous() on the parameter's data");
-    TORCH_CHECK_VALUE(t.numel() == numels[i], what, ": tensor ", i, " has ", t.numel(),
-                      " elements but the layout was built for ", numels[i],
-                      "; its shape changed behind the layout: call layout.rebuild()");
   }
 }
 

@@ -244,6 +244,15 @@ def test_ops_reject_mismatched_arguments_at_the_c_level():
             torch.ops.oneprune.grouped_norms(strided, numels, segs, seg_ptr, runs)
     with pytest.raises(ValueError, match="seg_ptr"):
         torch.ops.oneprune.grouped_norms(tensors, numels, segs, seg_ptr[0], runs)
+    bad = runs.clone()
+    bad[0, 2] += 10_000  # channel count past the end: refused before any memory is touched
+    with pytest.raises(ValueError, match="outside"):
+        torch.ops.oneprune.grouped_norms(tensors, numels, segs, seg_ptr, bad)
+    bad = runs.clone()
+    bad[-1, 4] += 1  # one row too many
+    with pytest.raises(ValueError, match="outside"):
+        torch.ops.oneprune.scale_channels_(tensors, numels, segs, seg_ptr, bad,
+                                           torch.ones(layout.num_channels, dtype=torch.bool), torch.tensor(0.5))
 
 
 # --- torch.library integration ---------------------------------------------------------
