@@ -112,6 +112,16 @@ CompactShape check_compact(const at::Tensor& tensor, int64_t dim, const at::Tens
                     " but tensor is on ", tensor.device());
   TORCH_CHECK_VALUE(keep.numel() <= tensor.size(dim), "compact_: keep has ", keep.numel(),
                     " indices but dim ", dim, " has size ", tensor.size(dim));
+  if (keep.device().is_cpu()) {
+    // Checked here for host indices (O(n), no sync); the Python wrapper checks device indices.
+    const int64_t* k = keep.data_ptr<int64_t>();
+    for (int64_t j = 0; j < keep.numel(); ++j) {
+      TORCH_CHECK_INDEX(k[j] >= 0 && k[j] < tensor.size(dim), "compact_: keep has indices outside [0, ",
+                        tensor.size(dim), ") along dim ", dim);
+      TORCH_CHECK_VALUE(j == 0 || k[j] > k[j - 1],
+                        "compact_: keep must be sorted in increasing order, without duplicates");
+    }
+  }
   CompactShape s;
   s.dim = dim;
   s.size = tensor.size(dim);

@@ -110,19 +110,24 @@ def compact_(tensor: torch.Tensor, dim: int, keep: torch.Tensor | list[int]) -> 
     if not -tensor.dim() <= dim < tensor.dim():
         raise IndexError(f"compact_: dim {dim} is out of range for a {tensor.dim()}-d tensor")
     dim = dim % tensor.dim()
-    keep_t = torch.as_tensor(keep, dtype=torch.long)
+    keep_t = keep if isinstance(keep, torch.Tensor) and keep.dtype == torch.long else torch.as_tensor(
+        keep, dtype=torch.long)
     if keep_t.dim() != 1:
         raise ValueError("compact_: keep must be a 1-d sequence of indices")
-    keep_cpu = keep_t.cpu()
-    size = tensor.size(dim)
-    if keep_cpu.numel():
-        if int(keep_cpu.min()) < 0 or int(keep_cpu.max()) >= size:
-            raise IndexError(f"compact_: keep has indices outside [0, {size}) along dim {dim}")
-        if keep_cpu.numel() > 1 and not bool((keep_cpu[1:] > keep_cpu[:-1]).all()):
-            raise ValueError("compact_: keep must be sorted in increasing order, without duplicates")
-    _ops.compact_.default(tensor, dim, keep_t.to(tensor.device).contiguous())
+    if keep_t.device != tensor.device or keep_t.device.type != "cpu":
+        # Host indices for a host tensor are range- and order-checked in C++ (no copy);
+        # everything else is checked here on the host before any data moves.
+        keep_cpu = keep_t.cpu()
+        size = tensor.size(dim)
+        if keep_cpu.numel():
+            if int(keep_cpu.min()) < 0 or int(keep_cpu.max()) >= size:
+                raise IndexError(f"compact_: keep has indices outside [0, {size}) along dim {dim}")
+            if keep_cpu.numel() > 1 and not bool((keep_cpu[1:] > keep_cpu[:-1]).all()):
+                raise ValueError("compact_: keep must be sorted in increasing order, without duplicates")
+        keep_t = keep_t.to(tensor.device)
+    _ops.compact_.default(tensor, dim, keep_t.contiguous())
     shape = list(tensor.shape)
-    shape[dim] = keep_cpu.numel()
+    shape[dim] = keep_t.numel()
     numel = 1
     for s in shape:
         numel *= s
