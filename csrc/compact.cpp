@@ -1,9 +1,11 @@
 // compact_, CPU kernel: move kept slices to the front of a tensor's own storage.
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "oneprune.h"
 
@@ -22,8 +24,8 @@ void compact_elems(E* data, const int64_t* k, int64_t outer, int64_t size, int64
   }
 }
 
-void compact_cpu(at::Tensor tensor, int64_t dim, const at::Tensor& keep) {
-  const CompactShape s = check_compact(tensor, dim, keep);
+// The move itself, on checked arguments.
+void compact_checked(const at::Tensor& tensor, const CompactShape& s, const at::Tensor& keep) {
   const int64_t n = keep.numel();
   const int64_t* k = keep.data_ptr<int64_t>();
   const size_t esize = tensor.element_size();
@@ -50,8 +52,26 @@ void compact_cpu(at::Tensor tensor, int64_t dim, const at::Tensor& keep) {
   }
 }
 
+void compact_cpu(at::Tensor tensor, int64_t dim, const at::Tensor& keep) {
+  compact_checked(tensor, check_compact(tensor, dim, keep), keep);
+}
+
+void compact_many_cpu(at::TensorList tensors, c10::IntArrayRef dims, at::TensorList keeps) {
+  check_compact_many(tensors, dims, keeps);
+  std::vector<CompactShape> shapes;
+  shapes.reserve(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) shapes.push_back(check_compact(tensors[i], dims[i], keeps[i]));
+  // Every tensor's move is sequential; distinct tensors are independent.
+  at::parallel_for(0, static_cast<int64_t>(tensors.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) compact_checked(tensors[i], shapes[i], keeps[i]);
+  });
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(oneprune, CPU, m) { m.impl("compact_", &compact_cpu); }
+TORCH_LIBRARY_IMPL(oneprune, CPU, m) {
+  m.impl("compact_", &compact_cpu);
+  m.impl("compact_many_", &compact_many_cpu);
+}
 
 }  // namespace oneprune

@@ -59,4 +59,7 @@ struct CompactShape {
 };
 CompactShape check_compact(const at::Tensor& tensor, int64_t dim, const at::Tensor& keep);
 
+// Checks the lists of compact_many_ (equal lengths, no two tensors sharing memory).
+void check_compact_many(at::TensorList tensors, c10::IntArrayRef dims, at::TensorList keeps);
+
 }  // namespace oneprune

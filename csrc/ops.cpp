@@ -6,6 +6,10 @@
 
 #include "oneprune.h"
 
+#include <algorithm>
+#include <utility>
+#include <vector>
+
 // Importing the Python module `oneprune_ext._C` registers the ops below.
 extern "C" {
 PyObject* PyInit__C(void) {
@@ -132,6 +136,23 @@ CompactShape check_compact(const at::Tensor& tensor, int64_t dim, const at::Tens
   return s;
 }
 
+void check_compact_many(at::TensorList tensors, c10::IntArrayRef dims, at::TensorList keeps) {
+  TORCH_CHECK_VALUE(tensors.size() == dims.size() && tensors.size() == keeps.size(), "compact_many_: got ",
+                    tensors.size(), " tensors, ", dims.size(), " dims and ", keeps.size(),
+                    " keep vectors; pass one of each per tensor");
+  std::vector<std::pair<uintptr_t, uintptr_t>> spans;
+  spans.reserve(tensors.size());
+  for (const auto& t : tensors) {
+    const auto b = reinterpret_cast<uintptr_t>(t.data_ptr());
+    spans.emplace_back(b, b + static_cast<uintptr_t>(t.numel()) * t.element_size());
+  }
+  std::sort(spans.begin(), spans.end());
+  for (size_t i = 1; i < spans.size(); ++i)
+    TORCH_CHECK_VALUE(spans[i].first >= spans[i - 1].second || spans[i].first == spans[i].second ||
+                          spans[i - 1].first == spans[i - 1].second,
+                      "compact_many_: two of the tensors share memory; compact them in separate calls");
+}
+
 TORCH_LIBRARY(oneprune, m) {
   // Per channel: fp32 sum of squares over all its segments, and the saliency
   // (1/M) * sum_m ||s_m||^2 / sqrt(len(s_m)) over its M segments.
@@ -151,6 +172,10 @@ TORCH_LIBRARY(oneprune, m) {
   // order, as a contiguous [outer, n, inner] block. `keep` must be sorted, unique
   // and in range (checked by the Python wrapper).
   m.def("compact_(Tensor(a!) tensor, int dim, Tensor keep) -> ()");
+  // compact_ of many tensors in one call (each its own dim and keep): the whole model's
+  // weights, grads, buffers and optimizer state after a prune. The tensors must not share
+  // memory; the CPU kernel works on several tensors in parallel.
+  m.def("compact_many_(Tensor(a!)[] tensors, int[] dims, Tensor[] keeps) -> ()");
 }
 
 }  // namespace oneprune

@@ -25,8 +25,8 @@ from .groups import ChannelGroup, ChannelGroups, Slice
 
 __all__ = ["prune_channels"]
 
-# The in-place move along one dim: the fused op (``reference.compact_`` has the same signature).
-_compact = ops.compact_
+# The in-place moves: many tensors, each along one dim, in one fused call.
+_compact_many = ops.compact_many_
 
 
 def _validate_keep(groups: ChannelGroups, keep: Mapping[int, Any]) -> dict[int, list[int]]:
@@ -182,29 +182,38 @@ def prune_channels(
         if name in by_tensor and p.grad is not None and tuple(p.grad.shape) != shapes[name]:
             raise ValueError(f"prune_channels: .grad of '{name}' does not have the parameter's shape")
 
-    def move(t: torch.Tensor, moves: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
-        if not t.is_contiguous():
-            t = t.contiguous()
-        for dim, idx in sorted(moves, key=lambda x: x[0]):
-            t = _compact(t, dim, idx.to(t.device))
-        return t
-
+    # Every tensor to compact (optimizer state, parameter data and grads, buffers) with its
+    # moves; a tensor losing entries along several dims is compacted once per dim, so the
+    # work goes in rounds: round r compacts every tensor along its r-th dim, all tensors of
+    # a round in one fused call (parallel across tensors).
+    jobs: list[list] = []  # [current tensor, moves, setter]
     with torch.no_grad():
         for state, key, name in state_moves:
-            state[key] = move(state[key], by_tensor[name])
+            jobs.append([state[key], by_tensor[name], lambda t, st=state, k=key: st.__setitem__(k, t)])
         for name, moves in by_tensor.items():
             t = tensors[name]
             if name in params:
                 grad = t.grad
                 t.grad = None
-                t.data = move(t.data, moves)
+                jobs.append([t.data, moves, lambda v, p=t: setattr(p, "data", v)])
                 if grad is not None:
-                    t.grad = move(grad, moves)
+                    jobs.append([grad, moves, lambda v, p=t: setattr(p, "grad", v)])
             else:
-                new = move(t, moves)
                 owner, _, attr = name.rpartition(".")
                 mod = model.get_submodule(owner) if owner else model
-                mod._buffers[attr] = new
+                jobs.append([t, moves, lambda v, m=mod, a=attr: m._buffers.__setitem__(a, v)])
+        for job in jobs:
+            job[0] = job[0] if job[0].is_contiguous() else job[0].contiguous()
+            job[1] = sorted(job[1], key=lambda x: x[0])
+        for r in range(max((len(j[1]) for j in jobs), default=0)):
+            todo = [j for j in jobs if len(j[1]) > r]
+            outs = _compact_many([j[0] for j in todo], [j[1][r][0] for j in todo],
+                                 [j[1][r][1].to(j[0].device) for j in todo])
+            for j, out in zip(todo, outs):
+                j[0] = out
+        # parameters' data first, then their grads (a grad must match the new data's shape)
+        for tensor, _, setter in jobs:
+            setter(tensor)
     _update_module_attrs(model, shapes, set(by_tensor))
 
     new_groups: list[ChannelGroup] = []

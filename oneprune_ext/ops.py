@@ -11,7 +11,8 @@ returned as a 0-d device tensor.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Union
+import math
+from typing import TYPE_CHECKING, Sequence, Union
 
 import torch
 
@@ -20,7 +21,7 @@ from . import _C  # noqa: F401  (registers torch.ops.oneprune.*)
 if TYPE_CHECKING:
     from .layout import ChannelLayout
 
-__all__ = ["grouped_norms", "group_lasso_grad_", "scale_channels_", "compact_"]
+__all__ = ["grouped_norms", "group_lasso_grad_", "scale_channels_", "compact_", "compact_many_"]
 
 _ops = torch.ops.oneprune
 Scalar = Union[float, torch.Tensor]
@@ -103,6 +104,28 @@ def compact_(tensor: torch.Tensor, dim: int, keep: torch.Tensor | list[int]) -> 
         dim: the dimension to compact.
         keep: sorted, unique indices in ``[0, tensor.size(dim))``.
     """
+    dim, keep_t = _compact_args(tensor, dim, keep)
+    _ops.compact_.default(tensor, dim, keep_t)
+    return _narrowed(tensor, dim, keep_t.numel())
+
+
+def compact_many_(
+    tensors: Sequence[torch.Tensor], dims: Sequence[int], keeps: Sequence[torch.Tensor | list[int]]
+) -> list[torch.Tensor]:
+    """:func:`compact_` of many tensors in one call (CPU: several tensors in parallel).
+
+    ``tensors[i]`` keeps ``keeps[i]`` along ``dims[i]``. The tensors must not share memory
+    (compact a tensor along two dims in two calls). Returns the narrowed views, in order.
+    """
+    if not (len(tensors) == len(dims) == len(keeps)):
+        raise ValueError("compact_many_: pass one dim and one keep vector per tensor")
+    args = [_compact_args(t, d, k) for t, d, k in zip(tensors, dims, keeps)]
+    _ops.compact_many_.default(list(tensors), [d for d, _ in args], [k for _, k in args])
+    return [_narrowed(t, d, k.numel()) for t, (d, k) in zip(tensors, args)]
+
+
+def _compact_args(tensor: torch.Tensor, dim: int, keep: torch.Tensor | list[int]) -> tuple[int, torch.Tensor]:
+    """Normalised (dim, keep) for the compaction ops; checks what C++ cannot check cheaply."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError("compact_: tensor must be a torch.Tensor")
     if tensor.dim() == 0:
@@ -125,13 +148,14 @@ def compact_(tensor: torch.Tensor, dim: int, keep: torch.Tensor | list[int]) -> 
             if keep_cpu.numel() > 1 and not bool((keep_cpu[1:] > keep_cpu[:-1]).all()):
                 raise ValueError("compact_: keep must be sorted in increasing order, without duplicates")
         keep_t = keep_t.to(tensor.device)
-    _ops.compact_.default(tensor, dim, keep_t.contiguous())
+    return dim, keep_t.contiguous()
+
+
+def _narrowed(tensor: torch.Tensor, dim: int, n: int) -> torch.Tensor:
+    """The contiguous view of ``tensor``'s storage holding the first ``n`` slices along ``dim``."""
     shape = list(tensor.shape)
-    shape[dim] = keep_t.numel()
-    numel = 1
-    for s in shape:
-        numel *= s
-    return tensor.view(-1)[:numel].view(shape)
+    shape[dim] = n
+    return tensor.view(-1)[: math.prod(shape)].view(shape)
 
 
 # --- fake kernels: shapes only, for torch.compile / FakeTensor / opcheck -----------------
@@ -155,4 +179,9 @@ def _scale_channels_fake(tensors, numels, segs, seg_ptr, runs, mask, factor):
 
 @torch.library.register_fake("oneprune::compact_")
 def _compact_fake(tensor, dim, keep):
+    return None
+
+
+@torch.library.register_fake("oneprune::compact_many_")
+def _compact_many_fake(tensors, dims, keeps):
     return None

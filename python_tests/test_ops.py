@@ -146,6 +146,37 @@ def test_compact_matches_index_select(seed, dtype, device):
             assert out.is_contiguous() and out.untyped_storage().data_ptr() == storage  # same storage
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_compact_many_matches_index_select(device):
+    g = torch.Generator().manual_seed(7)
+    tensors, dims, keeps, expect = [], [], [], []
+    for i in range(12):
+        shape = [int(torch.randint(1, 6, (1,), generator=g)) for _ in range(1 + i % 4)]
+        dtype = [torch.float32, torch.float16, torch.bfloat16, torch.int64][i % 4]
+        t = (torch.randn(shape, generator=g) * 50).to(dtype).to(device)
+        d = i % len(shape)
+        k = torch.nonzero(torch.rand(shape[d], generator=g) < 0.6).flatten()
+        tensors.append(t)
+        dims.append(d)
+        keeps.append(k)
+        expect.append(t.index_select(d, k.to(device)).clone())
+    outs = ops.compact_many_(tensors, dims, keeps)
+    for out, e, t in zip(outs, expect, tensors):
+        assert torch.equal(out, e)
+        assert out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+
+
+def test_compact_many_rejects_shared_memory_and_mismatched_lists():
+    t = torch.randn(4, 6)
+    with pytest.raises(ValueError, match="share memory"):
+        ops.compact_many_([t, t.view(6, 4)], [0, 0], [[0, 1], [0, 1]])
+    with pytest.raises(ValueError, match="one dim"):
+        ops.compact_many_([t], [0, 1], [[0]])
+    with pytest.raises(ValueError, match="sorted"):
+        ops.compact_many_([t, torch.randn(3)], [0, 0], [[0, 1], [2, 1]])
+    assert t.shape == (4, 6)
+
+
 def test_compact_rejects_bad_keep_and_leaves_tensor():
     t = torch.arange(24.0).view(4, 6)
     before = t.clone()
@@ -278,6 +309,8 @@ def test_opcheck_all_ops():
                           (tensors, numels, segs, seg_ptr, runs, mask, torch.tensor(0.9)))
     t = torch.randn(6, 4, 3)
     torch.library.opcheck(torch.ops.oneprune.compact_.default, (t, 1, torch.tensor([0, 2])))
+    torch.library.opcheck(torch.ops.oneprune.compact_many_.default,
+                          ([torch.randn(5, 3), torch.randn(4)], [1, 0], [torch.tensor([0, 2]), torch.tensor([1])]))
 
 
 def test_torch_compile_calls_the_ops():

@@ -71,9 +71,19 @@ void compact_cuda(at::Tensor tensor, int64_t dim, const at::Tensor& keep) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// One launch per tensor, in order, on the current stream (the tensors are independent).
+void compact_many_cuda(at::TensorList tensors, c10::IntArrayRef dims, at::TensorList keeps) {
+  check_compact_many(tensors, dims, keeps);
+  for (size_t i = 0; i < tensors.size(); ++i) check_compact(tensors[i], dims[i], keeps[i]);
+  for (size_t i = 0; i < tensors.size(); ++i) compact_cuda(tensors[i], dims[i], keeps[i]);
+}
+
 }  // namespace
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(oneprune, CUDA, m) { m.impl("compact_", &cuda::compact_cuda); }
+TORCH_LIBRARY_IMPL(oneprune, CUDA, m) {
+  m.impl("compact_", &cuda::compact_cuda);
+  m.impl("compact_many_", &cuda::compact_many_cuda);
+}
 
 }  // namespace oneprune
