@@ -52,6 +52,14 @@ void check_mask(const char* what, const at::Tensor& mask, int64_t nchan,
 void check_scalar(const char* what, const char* name, const at::Tensor& s,
                   const at::Device& device);
 
+// All argument checks of group_lasso_grad_ / scale_channels_ (shared by CPU and CUDA kernels).
+void check_group_lasso(at::TensorList tensors, at::TensorList grads, c10::IntArrayRef numels,
+                       const at::Tensor& segs, const at::Tensor& seg_ptr, const at::Tensor& runs,
+                       const at::Tensor& mask, const at::Tensor& reg, double eps);
+void check_scale_channels(at::TensorList tensors, c10::IntArrayRef numels, const at::Tensor& segs,
+                          const at::Tensor& seg_ptr, const at::Tensor& runs, const at::Tensor& mask,
+                          const at::Tensor& factor);
+
 // Checks the arguments of compact_ and returns (outer, size, inner) of `tensor`
 // seen as [outer, size(dim), inner].
 struct CompactShape {

@@ -104,6 +104,24 @@ void check_scalar(const char* what, const char* name, const at::Tensor& s, const
                     " but the layout is on ", device);
 }
 
+void check_group_lasso(at::TensorList tensors, at::TensorList grads, c10::IntArrayRef numels,
+                       const at::Tensor& segs, const at::Tensor& seg_ptr, const at::Tensor& runs,
+                       const at::Tensor& mask, const at::Tensor& reg, double eps) {
+  check_layout("group_lasso_grad_", tensors, numels, segs, seg_ptr, runs);
+  check_grads("group_lasso_grad_", tensors, grads);
+  check_mask("group_lasso_grad_", mask, seg_ptr.size(1) - 1, segs.device());
+  check_scalar("group_lasso_grad_", "reg", reg, segs.device());
+  TORCH_CHECK_VALUE(eps > 0, "group_lasso_grad_: eps must be positive, got ", eps);
+}
+
+void check_scale_channels(at::TensorList tensors, c10::IntArrayRef numels, const at::Tensor& segs,
+                          const at::Tensor& seg_ptr, const at::Tensor& runs, const at::Tensor& mask,
+                          const at::Tensor& factor) {
+  check_layout("scale_channels_", tensors, numels, segs, seg_ptr, runs);
+  check_mask("scale_channels_", mask, seg_ptr.size(1) - 1, segs.device());
+  check_scalar("scale_channels_", "factor", factor, segs.device());
+}
+
 CompactShape check_compact(const at::Tensor& tensor, int64_t dim, const at::Tensor& keep) {
   TORCH_CHECK_VALUE(tensor.dim() >= 1, "compact_: tensor must have at least one dimension");
   TORCH_CHECK_VALUE(tensor.is_contiguous(), "compact_: tensor must be contiguous");

@@ -14,11 +14,9 @@ namespace {
 void scale_channels_cpu(at::TensorList tensors, c10::IntArrayRef numels, const at::Tensor& segs,
                         const at::Tensor& seg_ptr, const at::Tensor& runs, const at::Tensor& mask,
                         const at::Tensor& factor) {
-  check_layout("scale_channels_", tensors, numels, segs, seg_ptr, runs);
+  check_scale_channels(tensors, numels, segs, seg_ptr, runs, mask, factor);
   const int64_t nchan = seg_ptr.size(1) - 1;
   const int64_t nphase = seg_ptr.size(0);
-  check_mask("scale_channels_", mask, nchan, segs.device());
-  check_scalar("scale_channels_", "factor", factor, segs.device());
   const std::vector<float> factors(static_cast<size_t>(nchan), factor.item<float>());
   const cpu::TensorTable tt(tensors);
   const int64_t nrun = runs.size(0);

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["save_pruned", "load_pruned", "structure_record"]
+__all__ = ["save_pruned", "load_pruned", "structure_record", "atomic_save"]
 
 _FORMAT = "oneprune_ext.pruned/1"
 
@@ -57,16 +57,16 @@ def structure_record(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def save_pruned(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write ``model``'s state_dict and structure record to ``path`` atomically."""
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` atomically: a temporary file in the same folder, fsync, then
+    ``os.replace``, so a crash never leaves a half-written file at ``path``."""
     path = os.fspath(path)
-    record = structure_record(model)
-    payload = {"format": _FORMAT, "structure": json.dumps(record), "state_dict": model.state_dict()}
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".oneprune-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -74,6 +74,12 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_pruned(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write ``model``'s state_dict and structure record to ``path`` atomically."""
+    record = structure_record(model)
+    atomic_save({"format": _FORMAT, "structure": json.dumps(record), "state_dict": model.state_dict()}, path)
 
 
 def _err(path: str, msg: str) -> ValueError:

@@ -31,7 +31,6 @@ import dataclasses
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -41,6 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+
+from .saving import atomic_save
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pruner import OneCyclePruner
@@ -240,22 +241,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-def _atomic_save(obj: Any, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".oneprune-ckpt-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _load_checkpoint(path: str) -> dict[str, Any]:
@@ -483,7 +468,7 @@ def train(
             if ckpt_path is not None:
                 rec.seconds = time.perf_counter() - t_epoch
                 wall = wall_before + (time.perf_counter() - t_start)
-                _atomic_save({
+                atomic_save({
                     "format": _CKPT_FORMAT,
                     "config": config,
                     "epoch": epoch + 1,

@@ -84,13 +84,9 @@ __global__ void __launch_bounds__(kBlock) lasso_update_kernel(const PtrTable wta
 at::Tensor group_lasso_grad_cuda(at::TensorList tensors, at::TensorList grads, c10::IntArrayRef numels,
                                  const at::Tensor& segs, const at::Tensor& seg_ptr, const at::Tensor& runs, const at::Tensor& mask,
                                  const at::Tensor& reg, double eps) {
-  check_layout("group_lasso_grad_", tensors, numels, segs, seg_ptr, runs);
-  check_grads("group_lasso_grad_", tensors, grads);
+  check_group_lasso(tensors, grads, numels, segs, seg_ptr, runs, mask, reg, eps);
   const int64_t nchan = seg_ptr.size(1) - 1;
   const int64_t nphase = seg_ptr.size(0);
-  check_mask("group_lasso_grad_", mask, nchan, segs.device());
-  check_scalar("group_lasso_grad_", "reg", reg, segs.device());
-  TORCH_CHECK_VALUE(eps > 0, "group_lasso_grad_: eps must be positive, got ", eps);
   const c10::cuda::CUDAGuard guard(segs.device());
   auto fopts = at::TensorOptions().dtype(at::kFloat).device(segs.device());
   at::Tensor penalty = at::zeros({}, fopts);

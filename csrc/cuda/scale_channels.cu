@@ -29,11 +29,9 @@ __global__ void __launch_bounds__(kBlock) scale_channels_kernel(const PtrTable t
 
 void scale_channels_cuda(at::TensorList tensors, c10::IntArrayRef numels, const at::Tensor& segs,
                          const at::Tensor& seg_ptr, const at::Tensor& runs, const at::Tensor& mask, const at::Tensor& factor) {
-  check_layout("scale_channels_", tensors, numels, segs, seg_ptr, runs);
+  check_scale_channels(tensors, numels, segs, seg_ptr, runs, mask, factor);
   const int64_t nchan = seg_ptr.size(1) - 1;
   const int64_t nphase = seg_ptr.size(0);
-  check_mask("scale_channels_", mask, nchan, segs.device());
-  check_scalar("scale_channels_", "factor", factor, segs.device());
   if (nchan == 0) return;
   const c10::cuda::CUDAGuard guard(segs.device());
   const PtrTable tab = make_table("scale_channels_", tensors);
