@@ -67,7 +67,13 @@ struct CompactShape {
 };
 CompactShape check_compact(const at::Tensor& tensor, int64_t dim, const at::Tensor& keep);
 
-// Checks the lists of compact_many_ (equal lengths, no two tensors sharing memory).
-void check_compact_many(at::TensorList tensors, c10::IntArrayRef dims, at::TensorList keeps);
+// Checks the lists of compact_many_ and returns its jobs: ranges [first, last) of consecutive
+// entries naming the same tensor (compacted along all their dims, which must increase). The
+// jobs' tensors must not share memory. Also checks every (tensor, dim, keep) entry.
+std::vector<std::pair<size_t, size_t>> check_compact_many(at::TensorList tensors, c10::IntArrayRef dims,
+                                                          at::TensorList keeps);
+
+// The [outer, size, inner] view of sizes `sz` around dim d (for successive compactions).
+CompactShape compact_shape(const std::vector<int64_t>& sz, int64_t d);
 
 }  // namespace oneprune

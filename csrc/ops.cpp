@@ -154,13 +154,29 @@ CompactShape check_compact(const at::Tensor& tensor, int64_t dim, const at::Tens
   return s;
 }
 
-void check_compact_many(at::TensorList tensors, c10::IntArrayRef dims, at::TensorList keeps) {
+std::vector<std::pair<size_t, size_t>> check_compact_many(at::TensorList tensors, c10::IntArrayRef dims,
+                                                          at::TensorList keeps) {
   TORCH_CHECK_VALUE(tensors.size() == dims.size() && tensors.size() == keeps.size(), "compact_many_: got ",
                     tensors.size(), " tensors, ", dims.size(), " dims and ", keeps.size(),
-                    " keep vectors; pass one of each per tensor");
+                    " keep vectors; pass one of each per entry");
+  std::vector<std::pair<size_t, size_t>> jobs;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    check_compact(tensors[i], dims[i], keeps[i]);
+    const bool same = i > 0 && tensors[i].data_ptr() == tensors[i - 1].data_ptr() &&
+                      tensors[i].sizes() == tensors[i - 1].sizes();
+    if (same) {
+      const int64_t nd = tensors[i].dim();
+      TORCH_CHECK_VALUE((dims[i] + nd) % nd > (dims[i - 1] + nd) % nd, "compact_many_: entries ", i - 1,
+                        " and ", i, " name the same tensor; give its dims in increasing order");
+      jobs.back().second = i + 1;
+    } else {
+      jobs.emplace_back(i, i + 1);
+    }
+  }
   std::vector<std::pair<uintptr_t, uintptr_t>> spans;
-  spans.reserve(tensors.size());
-  for (const auto& t : tensors) {
+  spans.reserve(jobs.size());
+  for (const auto& job : jobs) {
+    const at::Tensor& t = tensors[job.first];
     const auto b = reinterpret_cast<uintptr_t>(t.data_ptr());
     spans.emplace_back(b, b + static_cast<uintptr_t>(t.numel()) * t.element_size());
   }
@@ -169,6 +185,18 @@ void check_compact_many(at::TensorList tensors, c10::IntArrayRef dims, at::Tenso
     TORCH_CHECK_VALUE(spans[i].first >= spans[i - 1].second || spans[i].first == spans[i].second ||
                           spans[i - 1].first == spans[i - 1].second,
                       "compact_many_: two of the tensors share memory; compact them in separate calls");
+  return jobs;
+}
+
+CompactShape compact_shape(const std::vector<int64_t>& sz, int64_t d) {
+  CompactShape s;
+  s.dim = d;
+  s.size = sz[d];
+  s.outer = 1;
+  for (int64_t i = 0; i < d; ++i) s.outer *= sz[i];
+  s.inner = 1;
+  for (size_t i = static_cast<size_t>(d) + 1; i < sz.size(); ++i) s.inner *= sz[i];
+  return s;
 }
 
 TORCH_LIBRARY(oneprune, m) {

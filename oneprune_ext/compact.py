@@ -17,6 +17,7 @@ from __future__ import annotations
 import operator
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -62,17 +63,20 @@ def _validate_keep(groups: ChannelGroups, keep: Mapping[int, Any]) -> dict[int, 
     return out
 
 
-def _entries(channels: torch.Tensor, s: Slice) -> torch.Tensor:
+def _entries(channels: np.ndarray, s: Slice) -> np.ndarray:
     """Indices along ``s.dim`` of the given channels (vectorised :meth:`Slice.indices`)."""
     if s.block == 1:
         return channels + s.offset
-    return (s.offset + channels[:, None] * s.block + torch.arange(s.block)).reshape(-1)
+    return (s.offset + channels[:, None] * s.block + np.arange(s.block)).reshape(-1)
 
 
 def _kept_per_dim(
     groups: ChannelGroups, keep: dict[int, list[int]], shapes: Mapping[str, tuple[int, ...]]
 ) -> dict[tuple[str, int], torch.Tensor]:
-    """Bool masks of kept entries for every (tensor, dim) that loses entries."""
+    """Bool masks of kept entries for every (tensor, dim) that loses entries.
+
+    (numpy for the many tiny index operations: a few microseconds each instead of torch's
+    per-op overhead.)"""
     for gi, g in enumerate(groups):
         for s in g.slices:
             if s.name not in shapes:
@@ -82,28 +86,28 @@ def _kept_per_dim(
                 raise ValueError(
                     f"prune_channels: group {gi} ({g.name}) slice of '{s.name}' (dim {s.dim}, offset "
                     f"{s.offset}, block {s.block}, {g.size} channels) does not fit shape {shape}")
-    removed: dict[tuple[str, int], list[torch.Tensor]] = {}
-    kept: dict[tuple[str, int], list[torch.Tensor]] = {}
+    removed: dict[tuple[str, int], list[np.ndarray]] = {}
+    kept: dict[tuple[str, int], list[np.ndarray]] = {}
     for gi, lst in keep.items():
         g = groups[gi]
         if len(lst) == g.size:
             continue
-        keep_t = torch.tensor(lst, dtype=torch.long)
-        dmask = torch.ones(g.size, dtype=torch.bool)
-        dmask[keep_t] = False
-        drop_t = dmask.nonzero().flatten()
+        keep_a = np.asarray(lst, dtype=np.int64)
+        dmask = np.ones(g.size, dtype=bool)
+        dmask[keep_a] = False
+        drop_a = np.flatnonzero(dmask)
         for s in g.slices:
             key = (s.name, s.dim)
-            removed.setdefault(key, []).append(_entries(drop_t, s))
-            kept.setdefault(key, []).append(_entries(keep_t, s))
+            removed.setdefault(key, []).append(_entries(drop_a, s))
+            kept.setdefault(key, []).append(_entries(keep_a, s))
     masks: dict[tuple[str, int], torch.Tensor] = {}
     for key, rem in removed.items():
         name, dim = key
-        m = torch.ones(shapes[name][dim], dtype=torch.bool)
-        m[torch.cat(rem)] = False
+        m = np.ones(shapes[name][dim], dtype=bool)
+        m[np.concatenate(rem)] = False
         # a dim shared by several groups keeps the union of their kept entries
-        m[torch.cat(kept[key])] = True
-        masks[key] = m
+        m[np.concatenate(kept[key])] = True
+        masks[key] = torch.from_numpy(m)
     return masks
 
 
@@ -183,10 +187,9 @@ def prune_channels(
             raise ValueError(f"prune_channels: .grad of '{name}' does not have the parameter's shape")
 
     # Every tensor to compact (optimizer state, parameter data and grads, buffers) with its
-    # moves; a tensor losing entries along several dims is compacted once per dim, so the
-    # work goes in rounds: round r compacts every tensor along its r-th dim, all tensors of
-    # a round in one fused call (parallel across tensors).
-    jobs: list[list] = []  # [current tensor, moves, setter]
+    # moves, all in one fused call: a tensor losing entries along several dims is named by
+    # consecutive entries (dims increasing) and moved once.
+    jobs: list[list] = []  # [tensor, moves, setter]
     with torch.no_grad():
         for state, key, name in state_moves:
             jobs.append([state[key], by_tensor[name], lambda t, st=state, k=key: st.__setitem__(k, t)])
@@ -202,28 +205,28 @@ def prune_channels(
                 owner, _, attr = name.rpartition(".")
                 mod = model.get_submodule(owner) if owner else model
                 jobs.append([t, moves, lambda v, m=mod, a=attr: m._buffers.__setitem__(a, v)])
+        entries: list[tuple[torch.Tensor, int, torch.Tensor]] = []
+        last: list[int] = []  # index of each job's last entry
         for job in jobs:
-            job[0] = job[0] if job[0].is_contiguous() else job[0].contiguous()
-            job[1] = sorted(job[1], key=lambda x: x[0])
-        for r in range(max((len(j[1]) for j in jobs), default=0)):
-            todo = [j for j in jobs if len(j[1]) > r]
-            outs = _compact_many([j[0] for j in todo], [j[1][r][0] for j in todo],
-                                 [j[1][r][1].to(j[0].device) for j in todo])
-            for j, out in zip(todo, outs):
-                j[0] = out
+            t = job[0] if job[0].is_contiguous() else job[0].contiguous()
+            for dim, idx in sorted(job[1], key=lambda x: x[0]):
+                entries.append((t, dim, idx.to(t.device)))
+            last.append(len(entries) - 1)
+        outs = _compact_many([e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries])
+        for job, i in zip(jobs, last):
+            job[0] = outs[i]
         # parameters' data first, then their grads (a grad must match the new data's shape)
         for tensor, _, setter in jobs:
             setter(tensor)
     _update_module_attrs(model, shapes, set(by_tensor))
 
     new_groups: list[ChannelGroup] = []
-    prefix_kept = {key: torch.cat([torch.zeros(1, dtype=torch.long), m.long().cumsum(0)])
-                   for key, m in masks.items()}
     for gi, g in enumerate(groups):
         sl: list[Slice] = []
         for s in g.slices:
-            pk = prefix_kept.get((s.name, s.dim))
-            off = s.offset if pk is None else int(pk[s.offset])
+            # a slice's new offset = entries kept before it (only concat slices have offsets)
+            m = masks.get((s.name, s.dim))
+            off = s.offset if m is None or s.offset == 0 else int(m[: s.offset].sum())
             sl.append(Slice(s.name, s.dim, off, s.block, s.is_buffer, s.in_norm))
         size = len(kept_idx[gi]) if gi in kept_idx else g.size
         new_groups.append(ChannelGroup(size=size, slices=tuple(sl), name=g.name))

@@ -106,7 +106,9 @@ def compact_(tensor: torch.Tensor, dim: int, keep: torch.Tensor | list[int]) -> 
     """
     dim, keep_t = _compact_args(tensor, dim, keep)
     _ops.compact_.default(tensor, dim, keep_t)
-    return _narrowed(tensor, dim, keep_t.numel())
+    shape = list(tensor.shape)
+    shape[dim] = keep_t.numel()
+    return tensor.view(-1)[: math.prod(shape)].view(shape)
 
 
 def compact_many_(
@@ -114,14 +116,31 @@ def compact_many_(
 ) -> list[torch.Tensor]:
     """:func:`compact_` of many tensors in one call (CPU: several tensors in parallel).
 
-    ``tensors[i]`` keeps ``keeps[i]`` along ``dims[i]``. The tensors must not share memory
-    (compact a tensor along two dims in two calls). Returns the narrowed views, in order.
+    Entry ``i`` keeps ``keeps[i]`` along ``dims[i]`` of ``tensors[i]``. A tensor named by
+    several *consecutive* entries (dims in increasing order) is compacted along all of them
+    (two dims in a single pass on the CPU: a conv weight losing rows and columns moves only
+    its kept entries, once). Otherwise the tensors must not share memory.
+
+    Returns:
+        One view per entry; the entries of one tensor all get its final, fully narrowed view.
     """
     if not (len(tensors) == len(dims) == len(keeps)):
         raise ValueError("compact_many_: pass one dim and one keep vector per tensor")
     args = [_compact_args(t, d, k) for t, d, k in zip(tensors, dims, keeps)]
     _ops.compact_many_.default(list(tensors), [d for d, _ in args], [k for _, k in args])
-    return [_narrowed(t, d, k.numel()) for t, (d, k) in zip(tensors, args)]
+    outs: list[torch.Tensor] = []
+    start = 0
+    for i in range(1, len(tensors) + 1):
+        if (i < len(tensors) and tensors[i].data_ptr() == tensors[i - 1].data_ptr()
+                and tensors[i].shape == tensors[i - 1].shape):
+            continue  # same tensor as the previous entry: one job (as the C++ op groups them)
+        shape = list(tensors[start].shape)
+        for d, k in args[start:i]:
+            shape[d] = k.numel()
+        view = tensors[start].view(-1)[: math.prod(shape)].view(shape)
+        outs.extend([view] * (i - start))
+        start = i
+    return outs
 
 
 def _compact_args(tensor: torch.Tensor, dim: int, keep: torch.Tensor | list[int]) -> tuple[int, torch.Tensor]:
@@ -149,13 +168,6 @@ def _compact_args(tensor: torch.Tensor, dim: int, keep: torch.Tensor | list[int]
                 raise ValueError("compact_: keep must be sorted in increasing order, without duplicates")
         keep_t = keep_t.to(tensor.device)
     return dim, keep_t.contiguous()
-
-
-def _narrowed(tensor: torch.Tensor, dim: int, n: int) -> torch.Tensor:
-    """The contiguous view of ``tensor``'s storage holding the first ``n`` slices along ``dim``."""
-    shape = list(tensor.shape)
-    shape[dim] = n
-    return tensor.view(-1)[: math.prod(shape)].view(shape)
 
 
 # --- fake kernels: shapes only, for torch.compile / FakeTensor / opcheck -----------------

@@ -164,6 +164,28 @@ def test_compact_many_matches_index_select(device):
         assert out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed", range(6))
+def test_compact_many_several_dims_of_one_tensor(seed, device):
+    g = torch.Generator().manual_seed(seed)
+    ndim = 2 + seed % 3
+    shape = [int(torch.randint(1, 6, (1,), generator=g)) for _ in range(ndim)]
+    dims = sorted(torch.randperm(ndim, generator=g)[: 2 + (seed % 2) * (ndim > 2)].tolist())
+    t = torch.randn(shape, generator=g).to(device)
+    other = torch.randn(7, generator=g).to(device)
+    keeps = [torch.nonzero(torch.rand(shape[d], generator=g) < 0.6).flatten() for d in dims]
+    expect_other = other[[1, 3]].clone()
+    expect = t.clone()
+    for d, k in zip(dims, keeps):
+        expect = expect.index_select(d, k.to(device))
+    outs = ops.compact_many_([t] * len(dims) + [other], dims + [0], keeps + [torch.tensor([1, 3])])
+    assert all(o is outs[0] for o in outs[: len(dims)])
+    assert torch.equal(outs[0], expect)
+    assert torch.equal(outs[-1], expect_other)
+    with pytest.raises(ValueError, match="increasing"):
+        ops.compact_many_([t, t], [dims[1], dims[0]], [keeps[1], keeps[0]])
+
+
 def test_compact_many_rejects_shared_memory_and_mismatched_lists():
     t = torch.randn(4, 6)
     with pytest.raises(ValueError, match="share memory"):

@@ -4,6 +4,8 @@
 // source, so no unread element is ever overwritten. No extra allocation.
 #include <torch/library.h>
 
+#include <vector>
+
 #include "segments.cuh"
 
 namespace oneprune {
@@ -41,8 +43,7 @@ __global__ void __launch_bounds__(kCompactBlock) compact_kernel(E* __restrict__ 
   }
 }
 
-void compact_cuda(at::Tensor tensor, int64_t dim, const at::Tensor& keep) {
-  const CompactShape s = check_compact(tensor, dim, keep);
+void launch_compact(const at::Tensor& tensor, const CompactShape& s, const at::Tensor& keep) {
   const int64_t n = keep.numel();
   if (n == s.size || tensor.numel() == 0) return;  // keep is sorted and unique: nothing moves
   const c10::cuda::CUDAGuard guard(tensor.device());
@@ -71,11 +72,22 @@ void compact_cuda(at::Tensor tensor, int64_t dim, const at::Tensor& keep) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// One launch per tensor, in order, on the current stream (the tensors are independent).
+void compact_cuda(at::Tensor tensor, int64_t dim, const at::Tensor& keep) {
+  launch_compact(tensor, check_compact(tensor, dim, keep), keep);
+}
+
+// One launch per entry, in order, on the current stream; a tensor named by several
+// consecutive entries is compacted once per dim on its shrinking shape.
 void compact_many_cuda(at::TensorList tensors, c10::IntArrayRef dims, at::TensorList keeps) {
-  check_compact_many(tensors, dims, keeps);
-  for (size_t i = 0; i < tensors.size(); ++i) check_compact(tensors[i], dims[i], keeps[i]);
-  for (size_t i = 0; i < tensors.size(); ++i) compact_cuda(tensors[i], dims[i], keeps[i]);
+  for (const auto& job : check_compact_many(tensors, dims, keeps)) {
+    const at::Tensor& t = tensors[job.first];
+    std::vector<int64_t> sz(t.sizes().begin(), t.sizes().end());
+    for (size_t i = job.first; i < job.second; ++i) {
+      const int64_t d = (dims[i] + t.dim()) % t.dim();
+      launch_compact(t, compact_shape(sz, d), keeps[i]);
+      sz[d] = keeps[i].numel();
+    }
+  }
 }
 
 }  // namespace
