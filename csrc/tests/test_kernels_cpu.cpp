@@ -454,6 +454,42 @@ void test_compact(std::mt19937& rng) {
         }
   }
   std::printf("compact_: %d cases\n", ncases);
+
+  // compact_many_: one tensor along two dims in one pass (two consecutive entries), next to
+  // another tensor; the narrowed views must equal index_select along both dims.
+  int nmany = 0;
+  auto subset = [&](int64_t size, int mode) {
+    std::vector<int64_t> k;
+    for (int64_t j = 0; j < size; ++j)
+      if (mode == 1 || (mode == 0 && rnd(0, 1)) || (mode == 2 && j == size - 1)) k.push_back(j);
+    return k;  // mode 3: keep none
+  };
+  for (int rep = 0; rep < 80; ++rep) {
+    const int64_t ndim = rnd(2, 4);
+    std::vector<int64_t> shape;
+    for (int64_t i = 0; i < ndim; ++i) shape.push_back(rnd(1, 6));
+    const int64_t d0 = rnd(0, ndim - 2), d1 = rnd(d0 + 1, ndim - 1);
+    const std::vector<int64_t> k0 = subset(shape[d0], rep % 4), k1 = subset(shape[d1], (rep / 4) % 4);
+    for (at::ScalarType dt : {at::kFloat, at::kHalf, at::kLong, at::kBool}) {
+      at::Tensor t = dt == at::kBool ? (at::rand(shape) > 0.5)
+                                     : (at::arange(c10::multiply_integers(shape), at::kDouble) * 1.5 - 7).view(shape).to(dt);
+      at::Tensor other = at::randn({7});
+      const at::Tensor before = t.clone(), other_before = other.clone();
+      const at::Tensor k0t = at::tensor(k0, at::kLong), k1t = at::tensor(k1, at::kLong);
+      const at::Tensor kot = at::tensor(std::vector<int64_t>{1, 3}, at::kLong);
+      call("compact_many_", {std::vector<at::Tensor>{t, t, other}, std::vector<int64_t>{d0, d1, 0},
+                             std::vector<at::Tensor>{k0t, k1t, kot}});
+      std::vector<int64_t> nshape = shape;
+      nshape[d0] = static_cast<int64_t>(k0.size());
+      nshape[d1] = static_cast<int64_t>(k1.size());
+      const at::Tensor narrowed = t.view(-1).narrow(0, 0, c10::multiply_integers(nshape)).view(nshape);
+      EXPECT(at::equal(narrowed, before.index_select(d0, k0t).index_select(d1, k1t)),
+             "compact_many_ two dims " << d0 << "," << d1 << " of " << before.sizes() << " " << dtype_name(dt));
+      EXPECT(at::equal(other.narrow(0, 0, 2), other_before.index_select(0, kot)), "compact_many_ second tensor");
+      ++nmany;
+    }
+  }
+  std::printf("compact_many_: %d cases\n", nmany);
 }
 
 void test_errors() {
@@ -543,7 +579,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::printf("loaded %s (host python %.6s, torch %s)\n", argv[1], Py_GetVersion(), TORCH_VERSION);
-  for (const char* op : {"grouped_norms", "group_lasso_grad_", "scale_channels_", "compact_"}) {
+  for (const char* op : {"grouped_norms", "group_lasso_grad_", "scale_channels_", "compact_", "compact_many_"}) {
     const auto name = std::string("oneprune::") + op;
     const auto h = c10::Dispatcher::singleton().findSchema({name.c_str(), ""});
     EXPECT(h.has_value(), name << " has no schema");
