@@ -5,8 +5,9 @@ CUDA kernels; the fake (meta) kernels below let the ops run under ``torch.compil
 and ``torch.library.opcheck``.  All per-channel vectors follow the channel order of
 the :class:`~oneprune_ext.layout.ChannelLayout`: every group's channels, in group order.
 
-None of these functions synchronise with the host on CUDA: the group-lasso penalty is
-returned as a 0-d device tensor.
+The per-step ops (grouped_norms, group_lasso_grad_, scale_channels_) never synchronise with
+the host on CUDA: the group-lasso penalty is returned as a 0-d device tensor. The compaction ops
+(once per run, at the prune) check device-resident keep indices on the host first.
 """
 
 from __future__ import annotations
