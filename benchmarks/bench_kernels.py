@@ -30,20 +30,14 @@ from typing import Any, Callable
 
 import pytest
 import torch
-import torchvision
 
-from oneprune_ext import ChannelLayout, ops, reference
-from oneprune_ext.graph import trace_groups
-from oneprune_ext.models import resnet56
+from oneprune_ext import ops, reference
 
+import workloads
 from per_layer_loop import LR, REG, per_layer_norms, per_layer_step
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-MODELS: dict[str, tuple[Callable[[], torch.nn.Module], tuple[int, ...]]] = {
-    "resnet50": (lambda: torchvision.models.resnet50(weights=None), (1, 3, 64, 64)),
-    "resnet56": (lambda: resnet56(10), (1, 3, 32, 32)),
-    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(weights=None), (1, 3, 64, 64)),
-}
+MODELS = workloads.models()
 _cache: dict[tuple[str, str], Any] = {}
 _results: dict[tuple[str, str, str, str], float] = {}
 
@@ -51,21 +45,8 @@ _results: dict[tuple[str, str, str, str], float] = {}
 def _setup(name: str, device: str):
     key = (name, device)
     if key not in _cache:
-        torch.manual_seed(0)
-        build, shape = MODELS[name]
-        model = build().eval()
-        groups = trace_groups(model, torch.randn(shape))
-        model.to(device)
-        for p in model.parameters():
-            p.grad = torch.randn_like(p)
-        layout = ChannelLayout(model, groups)
-        g = torch.Generator().manual_seed(1)
-        mask = (torch.rand(layout.num_channels, generator=g) < 0.5).to(device)
-        _cache[key] = (model, groups, layout, mask)
+        _cache[key] = workloads.setup(*MODELS[name], device)
     return _cache[key]
-
-
-# --- timed functions --------------------------------------------------------------------
 
 
 def _sync(device: str) -> None:

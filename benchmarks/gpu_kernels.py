@@ -23,22 +23,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from oneprune_ext import ChannelLayout, ops, reference  # noqa: E402
-from oneprune_ext.graph import trace_groups  # noqa: E402
-from oneprune_ext.models import resnet56  # noqa: E402
+import workloads  # noqa: E402
+from oneprune_ext import ops, reference  # noqa: E402
 from per_layer_loop import LR, REG, per_layer_norms, per_layer_step  # noqa: E402
-
-
-def _models():
-    out = {"resnet56": (lambda: resnet56(10), (1, 3, 32, 32))}
-    try:
-        import torchvision
-
-        out["resnet50"] = (lambda: torchvision.models.resnet50(weights=None), (1, 3, 64, 64))
-        out["mobilenet_v2"] = (lambda: torchvision.models.mobilenet_v2(weights=None), (1, 3, 64, 64))
-    except Exception as exc:  # noqa: BLE001
-        print(f"torchvision unavailable ({exc}); ResNet-50 / MobileNetV2 skipped", file=sys.stderr)
-    return out
 
 
 def _time(fn, reps: int = 50) -> float:
@@ -87,15 +74,8 @@ def main() -> int:
     dev = "cuda"
     copy_bw = _copy_bandwidth()
     rows, record = [], {"device": torch.cuda.get_device_name(), "copy_GBps": copy_bw, "models": {}}
-    for name, (build, shape) in _models().items():
-        torch.manual_seed(0)
-        model = build().eval()
-        groups = trace_groups(model, torch.randn(shape))
-        model.to(dev)
-        for p in model.parameters():
-            p.grad = torch.randn_like(p)
-        layout = ChannelLayout(model, groups)
-        mask = (torch.rand(layout.num_channels, generator=torch.Generator().manual_seed(1)) < 0.5).to(dev)
+    for name, (build, shape) in workloads.models().items():
+        model, groups, layout, mask = workloads.setup(build, shape, dev)
         masks = layout.split(mask)
         reg = torch.full((), REG, device=dev)
         fac = torch.full((), 1 - REG * LR, device=dev)

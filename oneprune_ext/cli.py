@@ -87,44 +87,32 @@ def _sl_start_arg(text: str) -> int | str:
     return v
 
 
-def _fraction(text: str) -> float:
+def _parse(text: str, cast: type, expected: str, ok, bound: str):
+    """``cast(text)`` if ``ok`` holds for it, else an argparse error saying what was expected."""
     try:
-        v = float(text)
+        v = cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}") from None
-    if not 0.0 < v < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1) (e.g. 0.5 = remove half), got {v}")
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {v}")
     return v
+
+
+def _fraction(text: str) -> float:
+    return _parse(text, float, "a number in (0, 1)", lambda v: 0.0 < v < 1.0,
+                  "a fraction in (0, 1) (e.g. 0.5 = remove half)")
 
 
 def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+    return _parse(text, int, "a positive int", lambda v: v >= 1, ">= 1")
 
 
 def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
+    return _parse(text, int, "an int >= 0", lambda v: v >= 0, ">= 0")
 
 
 def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
-    if not v >= 0.0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
+    return _parse(text, float, "a number >= 0", lambda v: v >= 0.0, ">= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
