@@ -222,9 +222,11 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
 
 
 def _start_distributed(args: argparse.Namespace) -> bool:
-    """Under ``torchrun`` (WORLD_SIZE > 1): join the process group; one device per process.
+    """Under ``torchrun`` (WORLD_SIZE > 1): one device per process, and join the process group.
 
-    NCCL on CUDA devices (``cuda:LOCAL_RANK``), gloo on the CPU. Returns whether it did.
+    NCCL on CUDA devices (``cuda:LOCAL_RANK``), gloo on the CPU. Returns whether it created
+    the process group (then :func:`main` destroys it at the end); a group initialised by the
+    caller is used as it is.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
@@ -235,8 +237,9 @@ def _start_distributed(args: argparse.Namespace) -> bool:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
         args.device = str(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return True
 
 
@@ -385,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         pruned, dense, _ = run(args)
+        main_rank = distributed.is_main_process()
     except (FileNotFoundError, ImportError, ConfigError) as e:
         print(f"oneprune: error: {e}", file=sys.stderr)
         return 2
@@ -392,11 +396,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if started:
             torch.distributed.destroy_process_group()
     total = time.perf_counter() - t0
-    if not distributed.is_main_process():
+    if not main_rank:
         return 0
     schedule = f"monitor from epoch {args.monitor_start}, sparsity learning from {args.sl_start}, " \
                f"prune by {args.sl_end} at the latest"
-    procs = f", {int(os.environ.get('WORLD_SIZE', '1'))} processes" if started else ""
+    procs = f", {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
     print(f"\noneprune: {args.model} on {args.data}, {args.epochs} epochs{procs}, target -{100 * args.reduction:.0f} % "
           f"{'MACs' if args.target == 'macs' else 'parameters'} ({schedule}); total {total:.1f} s")
     print(summary_table(pruned, dense, args.epochs))
