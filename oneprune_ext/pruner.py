@@ -195,6 +195,18 @@ def _found_inf(scaler: Optional[Any], device: torch.device) -> Optional[torch.Te
     return torch.stack([f.reshape(()).to(device, torch.float32) for f in flags]).sum()
 
 
+def _check_plain_module(model: Any) -> None:
+    """The pruner edits the module itself: refuse the wrappers that forward through it."""
+    if isinstance(model, nn.parallel.DistributedDataParallel) or isinstance(model, nn.DataParallel):
+        raise ValueError(f"OneCyclePruner: pass the wrapped module ({type(model).__name__}(...).module), not the "
+                         "wrapper; forward through the wrapper, and after the prune wrap the module again")
+    if hasattr(model, "_orig_mod") and isinstance(getattr(model, "_orig_mod"), nn.Module):
+        raise ValueError("OneCyclePruner: pass the module you compiled (compiled._orig_mod), not the "
+                         "torch.compile wrapper; keep forwarding through the compiled one")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"OneCyclePruner: model must be an nn.Module, got {type(model).__name__}")
+
+
 def _make_config(model: nn.Module, config: Optional[PrunerConfig], options: dict[str, Any]) -> PrunerConfig:
     """The config of ``OneCyclePruner(model, x, config, **options)``: keywords override ``config``."""
     if config is not None and not isinstance(config, PrunerConfig):
@@ -281,6 +293,7 @@ class OneCyclePruner:
         **options: Any,
     ) -> None:
         t0 = time.perf_counter()
+        _check_plain_module(model)
         cfg = _make_config(model, config, options)
         self.config: PrunerConfig = cfg
         self.model = model

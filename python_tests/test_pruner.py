@@ -473,3 +473,11 @@ def test_every_config_field_is_a_cli_flag():
     cfg = args.pruner_config
     assert (cfg.total_epochs, cfg.reduction, cfg.ignored_layers, cfg.round_to) == (10, 0.3, ("fc", "stem.0"), 2)
     assert cfg.sl_end == 4 and cfg.sl_start == 1  # the digits presets scaled to 10 epochs
+
+
+def test_wrappers_are_refused_with_what_to_pass():
+    model = tiny_mlp()
+    with pytest.raises(ValueError, match=r"_orig_mod"):
+        OneCyclePruner(torch.compile(model), X, total_epochs=12, sl_start=4, sl_end=9)
+    with pytest.raises(ValueError, match=r"\.module"):
+        OneCyclePruner(nn.DataParallel(model), X, total_epochs=12, sl_start=4, sl_end=9)
