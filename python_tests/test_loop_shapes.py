@@ -7,7 +7,6 @@ parameters, each across a real prune.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable
 
 import pytest
