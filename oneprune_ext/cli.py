@@ -388,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         pruned, dense, _ = run(args)
-        main_rank = distributed.is_main_process()
+        main_rank, world = distributed.is_main_process(), distributed.world_size()
     except (FileNotFoundError, ImportError, ConfigError) as e:
         print(f"oneprune: error: {e}", file=sys.stderr)
         return 2
@@ -400,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     schedule = f"monitor from epoch {args.monitor_start}, sparsity learning from {args.sl_start}, " \
                f"prune by {args.sl_end} at the latest"
-    procs = f", {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+    procs = f", {world} processes" if world > 1 else ""
     print(f"\noneprune: {args.model} on {args.data}, {args.epochs} epochs{procs}, target -{100 * args.reduction:.0f} % "
           f"{'MACs' if args.target == 'macs' else 'parameters'} ({schedule}); total {total:.1f} s")
     print(summary_table(pruned, dense, args.epochs))
