@@ -420,9 +420,14 @@ def prune_channels(
     with torch.no_grad():
         jobs = _collect_jobs(model, params, buffers, by_tensor, optimizer, state_keys)
         views = _compact_in_place(jobs)
-        # A graph of the dense model that is still alive can no longer be back-propagated.
-        torch.autograd.graph.increment_version(
-            [params[n] for n in by_tensor if n in params] + [j.tensor for j in jobs if j.kind == "buffer"])
+        # A graph of the dense model that is still alive can no longer be back-propagated: bump the
+        # version counters its saved tensors check, so such a backward raises instead of reading
+        # compacted data (best effort: e.g. inference tensors have no version counter).
+        try:
+            torch.autograd.graph.increment_version(
+                [params[n] for n in by_tensor if n in params] + [j.tensor for j in jobs if j.kind == "buffer"])
+        except RuntimeError:
+            pass
         for job in jobs:
             job.tensor = None  # type: ignore[assignment]  # no reference to a dense storage stays here
         # Phase 1: the compacted views (a consistent pruned model). Data before grads: a grad
