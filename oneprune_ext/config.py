@@ -9,6 +9,14 @@ from ``pruner.config``, the CLI gets a ``--flag`` for it and checkpoints record 
 
 Epochs are 0-based epoch indices of one run of ``total_epochs`` epochs; ``reduction`` is the
 fraction of the dense MACs (or parameters) removed.
+
+Adding an option, e.g. a switch::
+
+    reselect_at_sl_end: bool = option(False, "choose the sub-network once more at sl_end", boolean)
+
+gives ``PrunerConfig(..., reselect_at_sl_end=True)``, ``--reselect-at-sl-end`` /
+``--no-reselect-at-sl-end`` and its entry in ``to_dict()``; the pruner reads
+``self.config.reselect_at_sl_end``.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-__all__ = ["PrunerConfig", "option", "TARGETS", "REGULARIZERS"]
+__all__ = ["PrunerConfig", "option", "TARGETS", "REGULARIZERS", "boolean", "int_at_least", "real_in", "one_of"]
 
 TARGETS = ("macs", "params")
 REGULARIZERS = ("shrink", "group_lasso", "both")
@@ -68,6 +76,12 @@ def one_of(choices: Sequence[str]) -> Callable[[str, Any], str]:
             raise ValueError(f"{name} must be one of {tuple(choices)}, got {v!r}")
         return str(v)
     return check
+
+
+def boolean(name: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"{name} must be True or False, got {v!r}")
+    return v
 
 
 def _nonneg_real(name: str, v: Any) -> float:
@@ -275,12 +289,16 @@ class PrunerConfig:
             meta = f.metadata
             if not meta["cli"]:
                 continue
+            shown = defaults.get(f.name, "none" if f.default in (None, ()) else str(f.default))
+            text = cls.as_flags(f"{meta['help']} (default: {shown})", flags).replace("%", "%%")
+            if isinstance(f.default, bool):  # --flag / --no-flag
+                parser.add_argument(cls.flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                                    default=None, help=text)
+                continue
             parse = meta["parse"]
             if parse is None and meta["choices"] is None:
                 cast = int if isinstance(f.default, int) else float
                 parse = _cli_number(cast, meta["check"])
-            shown = defaults.get(f.name, "none" if f.default in (None, ()) else str(f.default))
-            text = cls.as_flags(f"{meta['help']} (default: {shown})", flags).replace("%", "%%")
             parser.add_argument(cls.flag(f.name), dest=f.name, type=parse, choices=meta["choices"], default=None,
                                 metavar=meta["metavar"], help=text)
 

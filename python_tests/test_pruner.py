@@ -481,3 +481,29 @@ def test_wrappers_are_refused_with_what_to_pass():
         OneCyclePruner(torch.compile(model), X, total_epochs=12, sl_start=4, sl_end=9)
     with pytest.raises(ValueError, match=r"\.module"):
         OneCyclePruner(nn.DataParallel(model), X, total_epochs=12, sl_start=4, sl_end=9)
+
+
+def test_adding_an_option_is_one_field():
+    """A new field (here in a subclass) is validated, serialised and becomes a CLI flag by itself."""
+    import argparse
+    import dataclasses
+
+    from oneprune_ext.config import PrunerConfig, boolean, option, real_in
+
+    @dataclasses.dataclass(frozen=True)
+    class Extended(PrunerConfig):
+        reselect_at_sl_end: bool = option(False, "choose the sub-network once more at sl_end", boolean)
+        momentum_floor: float = option(0.0, "a fraction in [0, 1]", real_in(0.0, 1.0, False, False, "fraction"))
+
+    parser = argparse.ArgumentParser()
+    Extended.add_arguments(parser)
+    args = parser.parse_args(["--reselect-at-sl-end", "--momentum-floor", "0.25", "--sl-end", "5"])
+    cfg = Extended.from_args(args, total_epochs=8, sl_start=3)
+    assert (cfg.reselect_at_sl_end, cfg.momentum_floor, cfg.sl_end) == (True, 0.25, 5)
+    assert Extended.from_dict(cfg.to_dict()) == cfg
+    assert Extended.from_args(parser.parse_args(["--no-reselect-at-sl-end"]), total_epochs=200).reselect_at_sl_end \
+        is False
+    with pytest.raises(ValueError, match="momentum_floor"):
+        Extended(total_epochs=200, momentum_floor=2.0)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--momentum-floor", "2"])
