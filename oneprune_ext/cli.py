@@ -5,6 +5,12 @@ Examples::
     oneprune --data digits --epochs 30 --reduction 0.5 --dense-baseline      # CPU, about a minute
     oneprune --data cifar10 --data-root ~/data --model resnet56 --reduction 0.5
     oneprune --data imagenet --data-root /imagenet --model resnet50 --reduction 0.48
+    torchrun --nproc_per_node=8 -m oneprune_ext.cli --data imagenet --data-root /imagenet --reduction 0.48
+
+Under ``torchrun`` each process trains one DistributedDataParallel replica (NCCL on
+``cuda:LOCAL_RANK``, gloo on the CPU) on its shard of the data; ``--batch-size`` is the batch
+over all processes; every rank prunes the same channels at the same epoch; rank 0 prints and
+writes the checkpoint, ``--save`` and ``--json``; ``--resume`` works as in one process.
 
 Epoch-valued schedule settings (``--monitor-start``, ``--sl-start``, ``--sl-end``) default to
 the published values of the data set scaled to ``--epochs``: CIFAR-10's 2 / 30 / 110 of a
@@ -17,8 +23,10 @@ Also runnable as ``python -m oneprune_ext.cli``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -27,9 +35,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from . import distributed
+from .config import PrunerConfig
 from .train import TrainResult, train
 
-__all__ = ["main", "build_parser", "summary_table", "PRESETS"]
+__all__ = ["main", "build_parser", "parse_args", "run", "summary_table", "PRESETS"]
 
 
 class ConfigError(ValueError):
@@ -75,18 +85,6 @@ def _scaled(value: int, epochs: int, ref_epochs: int, minimum: int) -> int:
     return max(minimum, int(round(value * epochs / ref_epochs)))
 
 
-def _sl_start_arg(text: str) -> int | str:
-    if text == "auto":
-        return "auto"
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a 0-based epoch (int) or 'auto', got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
 def _parse(text: str, cast: type, expected: str, ok, bound: str):
     """``cast(text)`` if ``ok`` holds for it, else an argparse error saying what was expected."""
     try:
@@ -96,11 +94,6 @@ def _parse(text: str, cast: type, expected: str, ok, bound: str):
     if not ok(v):
         raise argparse.ArgumentTypeError(f"must be {bound}, got {v}")
     return v
-
-
-def _fraction(text: str) -> float:
-    return _parse(text, float, "a number in (0, 1)", lambda v: 0.0 < v < 1.0,
-                  "a fraction in (0, 1) (e.g. 0.5 = remove half)")
 
 
 def _positive_int(text: str) -> int:
@@ -145,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=_positive_int, default=None,
                    help="length of the whole run, in epochs (default: 30 digits, 300 cifar10, 130 imagenet)")
     g.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="training batch size, in samples (default: 32 digits, 128 cifar10, 256 imagenet)")
+                   help="training batch size, in samples; under torchrun the batch over all processes, split "
+                        "evenly (default: 32 digits, 128 cifar10, 256 imagenet)")
     g.add_argument("--lr", type=float, default=None, help="initial learning rate of SGD (default 0.1)")
     g.add_argument("--weight-decay", type=_nonneg_float, default=5e-4, help="SGD weight decay (default: %(default)s)")
     g.add_argument("--schedule", choices=("step", "cosine"), default=None,
@@ -160,36 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
 
     g = p.add_argument_group("one-cycle pruning")
-    g.add_argument("--target", choices=("macs", "params"), default="macs",
-                   help="what --reduction measures (default: %(default)s)")
-    g.add_argument("--reduction", type=_fraction, default=0.5,
-                   help="fraction of the dense model's MACs (or params) to remove, in (0, 1) (default: %(default)s)")
-    g.add_argument("--monitor-start", type=_nonneg_int, default=None,
-                   help="0-based epoch at which the sub-network search and stability monitoring start "
-                        "(default: published 2 scaled to --epochs, at least 1)")
-    g.add_argument("--sl-start", type=_sl_start_arg, default=None,
-                   help="0-based epoch at which sparsity learning starts, or 'auto' (first plateau of the "
-                        "stability indicator after epoch 3) (default: published value scaled to --epochs)")
-    g.add_argument("--sl-end", type=_nonneg_int, default=None,
-                   help="0-based epoch by whose end the model is pruned at the latest, if it has not become "
-                        "stable before (default: published value scaled to --epochs)")
-    g.add_argument("--reg", type=_nonneg_float, default=1e-4,
-                   help="initial regularisation strength of sparsity learning (default: %(default)s)")
-    g.add_argument("--reg-delta", type=_nonneg_float, default=1e-4,
-                   help="added to the regularisation strength every --reg-interval epochs (default: %(default)s)")
-    g.add_argument("--reg-interval", type=_positive_int, default=None,
-                   help="epochs between increases of the regularisation strength (default: 1, 2 for imagenet)")
-    g.add_argument("--regularizer", choices=("both", "shrink", "group_lasso"), default="both",
-                   help="shrink: scale the channels chosen for removal by (1 - reg*lr) after each step (what "
-                        "the published code does); group_lasso: the paper's penalty gradient; both (default: %(default)s)")
-    g.add_argument("--stability-threshold", type=float, default=0.999,
-                   help="prune when the stability indicator (mean Jaccard similarity of recent sub-networks, "
-                        "0..1) exceeds this (default: %(default)s)")
-    g.add_argument("--layer-limit", type=_fraction, default=0.75,
-                   help="at most this fraction of a layer's channels may be removed (times 1 - exp(-k*C)) (default: %(default)s)")
-    g.add_argument("--layer-limit-k", type=_nonneg_float, default=1.0, help="k of the layer limit above (default: %(default)s)")
-    g.add_argument("--round-to", type=_positive_int, default=None,
-                   help="keep channel counts multiples of this (default: no rounding)")
+    PrunerConfig.add_arguments(g, defaults={
+        "monitor_start": "published 2 scaled to --epochs, at least 1",
+        "sl_start": "published value scaled to --epochs",
+        "sl_end": "published value scaled to --epochs",
+        "reg_interval": "1, 2 for imagenet",
+    }, flags=_FLAGS)
 
     g = p.add_argument_group("files")
     g.add_argument("--checkpoint", default=None,
@@ -202,7 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_FLAGS = {"total_epochs": "--epochs"}  # pruner options this command sets from other flags
+
+
+def _flags(message: str) -> str:
+    """A config error message with option names written as this command's flags."""
+    return PrunerConfig.as_flags(message, _FLAGS)
+
+
 def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Fill the data set's presets in, check the combination and build ``args.pruner_config``."""
     pre = PRESETS[args.data]
     args.model = args.model or pre.model
     if args.data not in _MODEL_DATA[args.model]:
@@ -219,33 +198,62 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
         parser.error(f"--lr must be > 0, got {args.lr}")
     args.schedule = args.schedule or pre.schedule
     args.workers = pre.workers if args.workers is None else args.workers
-    args.reg_interval = args.reg_interval or pre.reg_interval
     e, ref = args.epochs, pre.ref_epochs
-    if args.monitor_start is None:
-        args.monitor_start = _scaled(pre.monitor_start, e, ref, 1)
-    if args.sl_start is None:
-        args.sl_start = pre.sl_start if pre.sl_start == "auto" else _scaled(int(pre.sl_start), e, ref, 1)
-    if args.sl_end is None:
-        args.sl_end = _scaled(pre.sl_end, e, ref, 1)
-    if args.sl_end >= args.epochs:
-        parser.error(f"--sl-end ({args.sl_end}) must be a 0-based epoch before --epochs ({args.epochs})")
-    if args.sl_start != "auto" and args.sl_start > args.sl_end:
-        parser.error(f"--sl-start ({args.sl_start}) must be <= --sl-end ({args.sl_end})")
-    if not 0.0 < args.stability_threshold <= 1.0:
-        parser.error(f"--stability-threshold must be in (0, 1], got {args.stability_threshold}")
+    presets = {
+        "total_epochs": args.epochs,
+        "monitor_start": _scaled(pre.monitor_start, e, ref, 1),
+        "sl_start": pre.sl_start if pre.sl_start == "auto" else _scaled(int(pre.sl_start), e, ref, 1),
+        "sl_end": _scaled(pre.sl_end, e, ref, 1),
+        "reg_interval": pre.reg_interval,
+    }
+    try:
+        args.pruner_config = PrunerConfig.from_args(args, **presets)
+    except ValueError as err:
+        parser.error(_flags(str(err)))
+    for f in dataclasses.fields(PrunerConfig):  # what the run uses, for the summary and --json
+        setattr(args, f.name, getattr(args.pruner_config, f.name))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.batch_size % world:
+        parser.error(f"--batch-size ({args.batch_size}) is the batch over all {world} torchrun processes and "
+                     "must be divisible by their number")
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
 
 
+def _start_distributed(args: argparse.Namespace) -> bool:
+    """Under ``torchrun`` (WORLD_SIZE > 1): one device per process, and join the process group.
+
+    NCCL on CUDA devices (``cuda:LOCAL_RANK``), gloo on the CPU. Returns whether it created
+    the process group (then :func:`main` destroys it at the end); a group initialised by the
+    caller is used as it is.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch.distributed as dist
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        args.device = str(device)
+    if dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
 def _loaders(args: argparse.Namespace):
     from . import data
 
+    shard = {"num_replicas": distributed.world_size(), "rank": distributed.rank()}
     if args.data == "digits":
-        return data.digits_loaders(batch_size=args.batch_size, seed=args.seed)
+        return data.digits_loaders(batch_size=args.batch_size, seed=args.seed, **shard)
     if args.data == "cifar10":
-        return data.cifar10_loaders(args.data_root, batch_size=args.batch_size, workers=args.workers, seed=args.seed)
-    return data.imagenet_loaders(args.data_root, batch_size=args.batch_size, workers=args.workers, seed=args.seed)
+        return data.cifar10_loaders(args.data_root, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
+                                    **shard)
+    return data.imagenet_loaders(args.data_root, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
+                                 **shard)
 
 
 def _num_classes(args: argparse.Namespace, train_loader) -> int:
@@ -325,31 +333,31 @@ def summary_table(pruned: TrainResult, dense: TrainResult | None = None, epochs:
 
 
 def run(args: argparse.Namespace) -> tuple[TrainResult, TrainResult | None, nn.Module]:
-    """Run the configured one-cycle training (and dense baseline); returns (pruned, dense, model)."""
+    """Run the configured one-cycle training (and dense baseline); returns (pruned, dense, model).
+
+    Under ``torchrun`` every process runs this (after :func:`_start_distributed`): each trains
+    a DDP replica on its shard; rank 0 writes the checkpoints and ``--save``.
+    """
     from .pruner import OneCyclePruner
 
     train_loader, test_loader = _loaders(args)
     num_classes = _num_classes(args, train_loader)
     pre = PRESETS[args.data]
     device = torch.device(args.device)
+    group = torch.distributed.group.WORLD if distributed.world_size() > 1 else None
+    main_rank = distributed.is_main_process()
     common: dict[str, Any] = dict(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                                  schedule=args.schedule, device=device, progress=not args.no_progress,
+                                  schedule=args.schedule, device=device, progress=not args.no_progress and main_rank,
                                   seed=args.seed, resume=args.resume)
     model = _build_model(args, num_classes).to(device)
     example = torch.zeros((1, *pre.input_shape), device=device)
     try:
-        pruner = OneCyclePruner(
-            model, example, target=args.target, reduction=args.reduction, total_epochs=args.epochs,
-            monitor_start=args.monitor_start, sl_start=args.sl_start, sl_end=args.sl_end, reg=args.reg,
-            reg_delta=args.reg_delta, reg_interval=args.reg_interval, regularizer=args.regularizer,
-            stability_threshold=args.stability_threshold, layer_limit=args.layer_limit,
-            layer_limit_k=args.layer_limit_k, round_to=args.round_to,
-        )
+        pruner = OneCyclePruner(model, example, args.pruner_config, process_group=group)
     except ValueError as e:  # a configuration the pruner rejects (e.g. target unreachable)
-        raise ConfigError(str(e)) from e
+        raise ConfigError(_flags(str(e))) from e
     pruned = train(model, train_loader, test_loader, pruner=pruner, checkpoint=args.checkpoint,
                    desc="one-cycle", **common)
-    if args.save:
+    if args.save and main_rank:
         from .saving import save_pruned
 
         save_pruned(model, args.save)
@@ -361,26 +369,44 @@ def run(args: argparse.Namespace) -> tuple[TrainResult, TrainResult | None, nn.M
     return pruned, dense, model
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``oneprune`` console script; returns the exit status."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The resolved options of ``oneprune`` (presets filled in, ``args.pruner_config`` built)."""
     parser = build_parser()
-    args = _resolve(parser.parse_args(argv), parser)
+    return _resolve(parser.parse_args(argv), parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``oneprune`` console script; returns the exit status.
+
+    Under ``torchrun --nproc_per_node=N`` each process trains one DDP replica; rank 0 prints,
+    writes the checkpoint, ``--save`` and ``--json``.
+    """
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    started = _start_distributed(args)
     t0 = time.perf_counter()
     try:
         pruned, dense, _ = run(args)
+        main_rank, world = distributed.is_main_process(), distributed.world_size()
     except (FileNotFoundError, ImportError, ConfigError) as e:
         print(f"oneprune: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
     total = time.perf_counter() - t0
+    if not main_rank:
+        return 0
     schedule = f"monitor from epoch {args.monitor_start}, sparsity learning from {args.sl_start}, " \
                f"prune by {args.sl_end} at the latest"
-    print(f"\noneprune: {args.model} on {args.data}, {args.epochs} epochs, target -{100 * args.reduction:.0f} % "
+    procs = f", {world} processes" if world > 1 else ""
+    print(f"\noneprune: {args.model} on {args.data}, {args.epochs} epochs{procs}, target -{100 * args.reduction:.0f} % "
           f"{'MACs' if args.target == 'macs' else 'parameters'} ({schedule}); total {total:.1f} s")
     print(summary_table(pruned, dense, args.epochs))
     if args.json:
-        out = {"args": {k: v for k, v in vars(args).items()}, "pruned": pruned.to_dict(),
+        out = {"args": {k: v for k, v in vars(args).items() if k != "pruner_config"},
+               "pruner_config": args.pruner_config.to_dict(), "pruned": pruned.to_dict(),
                "dense": dense.to_dict() if dense else None, "total_seconds": total}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

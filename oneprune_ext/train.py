@@ -23,6 +23,12 @@ history and the wall time so far.  ``resume=True`` continues from such a file; o
 the result is bit-identical to an uninterrupted run with the same seed (the data
 loader must shuffle with a sampler that has ``set_epoch``, as the loaders of
 :mod:`oneprune_ext.data` do).
+
+Under ``torchrun`` (an initialised process group with more than one rank) the model trains
+as a ``DistributedDataParallel`` replica on each rank's shard of the data, is re-wrapped after
+the in-place prune, every rank evaluates its shard of the test set (counts summed), and only
+rank 0 writes checkpoints and shows progress; rank 0's BN statistics are copied to every rank
+at the end of each epoch, so all ranks end with bit-identical models.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from . import distributed as _dist
 from .saving import atomic_save
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -182,10 +189,14 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu") -> float:
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu", *,
+             process_group: Any = None) -> float:
     """Top-1 accuracy of ``model`` over ``loader``, in percent (0..100).
 
-    The model is put in eval mode for the pass and its previous mode is restored.
+    The model is put in eval mode for the pass and its previous mode is restored. With
+    ``process_group`` (under ``torch.distributed``) every rank evaluates its shard of the data
+    and the counts are summed over the ranks (one all-reduce), so all ranks return the
+    accuracy over the whole data set.
     """
     was_training = model.training
     model.eval()
@@ -199,6 +210,11 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "c
             total += int(y.numel())
     finally:
         model.train(was_training)
+    if process_group is not None:
+        counts = _dist.all_reduce_sum(
+            torch.stack([correct.to(torch.float64), torch.tensor(float(total), dtype=torch.float64, device=device)]),
+            process_group)
+        correct, total = counts[0], int(counts[1].item())
     if total == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     return 100.0 * float(correct.item()) / total
@@ -286,6 +302,229 @@ def _pruner_seconds(pruner: "OneCyclePruner | None") -> float:
     return float(pruner.stats.get("total", 0.0))
 
 
+@dataclass
+class _Run:
+    """Everything one training run carries from step to step (see :func:`train`)."""
+
+    model: nn.Module
+    net: nn.Module  # what the forward goes through: the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    pruner: "OneCyclePruner | None"
+    device: torch.device
+    example: torch.Tensor
+    config: dict[str, Any]
+    group: Any = None  # the process group under torch.distributed, else None
+    history: list[EpochRecord] = field(default_factory=list)
+    start_epoch: int = 0
+    wall_before: float = 0.0  # wall time of earlier segments (resume)
+    pruner_before: float = 0.0  # pruner seconds of earlier segments, if its stats do not persist
+    dense_macs: int = 0
+    dense_params: int = 0
+    macs_now: int = 0
+    params_now: int = 0
+    t_start: float = 0.0
+
+
+@dataclass
+class _EpochSums:
+    loss: torch.Tensor
+    penalty: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+    steps: int = 0
+
+
+def _check_options(epochs: Any, lr: float, resume: bool, checkpoint: Any, pruner: Any) -> int:
+    if int(epochs) != epochs or epochs < 1:
+        raise ValueError(f"train: epochs must be a positive int, got {epochs!r}")
+    if lr <= 0 or not math.isfinite(lr):
+        raise ValueError(f"train: lr must be a positive number, got {lr!r}")
+    if resume and checkpoint is None:
+        raise ValueError("train: resume=True needs checkpoint=<path>")
+    if pruner is not None:
+        total = getattr(pruner, "total_epochs", epochs)
+        if total is not None and int(total) != epochs:
+            raise ValueError(f"train: the pruner was built with total_epochs={total} but epochs={epochs}; "
+                             "they must be equal (the pruning schedule is in epochs of this run)")
+    return int(epochs)
+
+
+def _process_group(pruner: "OneCyclePruner | None", use: bool | None) -> Any:
+    """The process group to train with (None: a single process)."""
+    active = _dist.world_size() > 1
+    if use is None:
+        use = active
+    if not use:
+        return None
+    if not active:
+        raise ValueError("train(distributed=True) needs an initialised process group with more than one rank "
+                         "(run under torchrun and call torch.distributed.init_process_group first)")
+    group = torch.distributed.group.WORLD
+    if pruner is not None and getattr(pruner, "process_group", None) is None:
+        raise ValueError("train: under torch.distributed the pruner must be built with process_group= "
+                         "(e.g. torch.distributed.group.WORLD) so every rank prunes the same channels")
+    return group
+
+
+def _wrap(model: nn.Module, run_device: torch.device, group: Any) -> nn.Module:
+    if group is None:
+        return model
+    ids = [run_device.index if run_device.index is not None else torch.cuda.current_device()] \
+        if run_device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, process_group=group)
+
+
+def _resume(run: _Run, ckpt_path: str) -> None:
+    """Restore a run from its checkpoint: pruner (reshapes the model) first, then the rest."""
+    data = _load_checkpoint(ckpt_path)
+    saved_cfg = data["config"]
+    diff = {k: (saved_cfg.get(k), v) for k, v in run.config.items() if saved_cfg.get(k) != v}
+    if diff:
+        raise ValueError(f"train(resume=True): checkpoint {ckpt_path!r} was written by a run with other "
+                         f"settings (saved, now): {diff}")
+    if data["pruner"] is not None:
+        assert run.pruner is not None  # guaranteed by the config check ("pruned_run")
+        run.pruner.load_state_dict(data["pruner"])  # reshapes the model if it was pruned
+    run.model.load_state_dict(data["model"])
+    run.optimizer.load_state_dict(data["optimizer"])
+    run.scheduler.load_state_dict(data["scheduler"])
+    _set_rng_state(data["rng"])
+    run.history = [EpochRecord(**h) for h in data["history"]]
+    run.start_epoch = int(data["epoch"])
+    run.wall_before = float(data["wall_time"])
+    run.dense_macs = int(data["dense_macs"])
+    run.dense_params = int(data["dense_params"])
+    run.pruner_before = float(data["pruner_seconds"]) - _pruner_seconds(run.pruner)
+
+
+def _train_epoch(run: _Run, loader: Iterable, epoch: int) -> tuple[_EpochSums, float]:
+    """One epoch of SGD steps, with the pruner's step hooks; returns the sums and the lr used."""
+    run.model.train()
+    _set_sampler_epoch(loader, epoch)
+    if run.pruner is not None:
+        run.pruner.epoch_start(epoch)
+    cur_lr = float(run.optimizer.param_groups[0]["lr"])
+    dev = run.device
+    sums = _EpochSums(loss=torch.zeros((), dtype=torch.float64, device=dev),
+                      penalty=torch.zeros((), dtype=torch.float64, device=dev),
+                      correct=torch.zeros((), dtype=torch.int64, device=dev))
+    for x, y in loader:
+        x = x.to(dev, non_blocking=True)
+        y = y.to(dev, non_blocking=True)
+        run.optimizer.zero_grad(set_to_none=True)
+        out = run.net(x)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        if run.pruner is not None:
+            pen = run.pruner.before_step()
+            if pen is not None:
+                sums.penalty += pen.detach().to(torch.float64)
+        run.optimizer.step()
+        if run.pruner is not None:
+            run.pruner.after_step(cur_lr)
+        n = int(y.numel())
+        sums.loss += loss.detach().to(torch.float64) * n
+        sums.correct += (out.detach().argmax(1) == y).sum()
+        sums.seen += n
+        sums.steps += 1
+    if sums.seen == 0:
+        raise ValueError("train: the training loader yielded no samples")
+    return sums, cur_lr
+
+
+def _end_epoch(run: _Run, test_loader: Iterable, epoch: int, sums: _EpochSums, cur_lr: float) -> EpochRecord:
+    """Prune (maybe), step the scheduler, evaluate; the epoch's record."""
+    report = run.pruner.epoch_end(epoch, run.optimizer) if run.pruner is not None else None
+    run.scheduler.step()
+    pruned_now = bool(getattr(report, "pruned_now", False))
+    if pruned_now and run.group is not None:
+        run.net = _dist.rewrap(run.net)  # DDP's buckets hold the dense shapes
+    if pruned_now or epoch == run.start_epoch:
+        run.macs_now = count_macs(run.model, run.example)
+        run.params_now = count_params(run.model)
+    if run.group is not None:
+        _dist.broadcast_buffers(run.model, run.group)  # rank 0's BN statistics everywhere
+        stats = _dist.all_reduce_sum(torch.stack([
+            sums.loss, sums.correct.to(torch.float64), torch.tensor(float(sums.seen), device=run.device,
+                                                                    dtype=torch.float64)]), run.group)
+        sums = _EpochSums(loss=stats[0], penalty=sums.penalty, correct=stats[1], seen=int(stats[2].item()),
+                          steps=sums.steps)
+    test_acc = evaluate(run.model, test_loader, run.device, process_group=run.group)
+    return EpochRecord(
+        epoch=epoch,
+        lr=cur_lr,
+        train_loss=float(sums.loss.item()) / sums.seen,
+        train_acc=100.0 * float(sums.correct.item()) / sums.seen,
+        test_acc=test_acc,
+        penalty=float(sums.penalty.item()) / max(sums.steps, 1),
+        phase=str(getattr(report, "phase", "dense")),
+        indicator=None if report is None or report.indicator is None else float(report.indicator),
+        reg=None if report is None or report.reg is None else float(report.reg),
+        pruned_now=pruned_now,
+        macs=run.macs_now,
+        params=run.params_now,
+        seconds=0.0,
+    )
+
+
+def _write_checkpoint(run: _Run, path: str, epoch: int) -> None:
+    """The whole run after ``epoch``, atomically; rank 0 only under torch.distributed."""
+    if not _dist.is_main_process(run.group):
+        return
+    atomic_save({
+        "format": _CKPT_FORMAT,
+        "config": run.config,
+        "epoch": epoch + 1,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "pruner": run.pruner.state_dict() if run.pruner is not None else None,
+        "rng": _rng_state(),
+        "history": [dataclasses.asdict(h) for h in run.history],
+        "wall_time": run.wall_before + (time.perf_counter() - run.t_start),
+        "pruner_seconds": run.pruner_before + _pruner_seconds(run.pruner),
+        "dense_macs": run.dense_macs,
+        "dense_params": run.dense_params,
+    }, path)
+
+
+def _show(bar: Any, run: _Run, rec: EpochRecord) -> None:
+    if bar is None:
+        return
+    post = {"loss": f"{rec.train_loss:.3f}", "acc": f"{rec.test_acc:.1f}%"}
+    if run.pruner is not None:
+        post["phase"] = rec.phase
+        if rec.indicator is not None:
+            post["psi"] = f"{rec.indicator:.3f}"
+        post["MACs"] = f"{100.0 * run.macs_now / run.dense_macs:.0f}%"
+    bar.set_postfix(post, refresh=False)
+    bar.update(1)
+
+
+def _result(run: _Run, test_loader: Iterable) -> TrainResult:
+    wall_time = run.wall_before + (time.perf_counter() - run.t_start)
+    pruner_seconds = run.pruner_before + _pruner_seconds(run.pruner)
+    prune_epoch = next((h.epoch for h in run.history if h.pruned_now), None)
+    if run.pruner is not None and prune_epoch is None and getattr(run.pruner, "prune_epoch", None) is not None:
+        prune_epoch = int(run.pruner.prune_epoch)
+    final_acc = run.history[-1].test_acc if run.history else evaluate(
+        run.model, test_loader, run.device, process_group=run.group)
+    return TrainResult(
+        history=run.history,
+        final_acc=final_acc,
+        dense_macs=run.dense_macs,
+        dense_params=run.dense_params,
+        final_macs=count_macs(run.model, run.example),
+        final_params=count_params(run.model),
+        prune_epoch=prune_epoch,
+        wall_time=wall_time,
+        pruner_seconds=pruner_seconds,
+        pruner_overhead_pct=100.0 * pruner_seconds / wall_time if wall_time > 0 else 0.0,
+        pruner_init_seconds=float(getattr(run.pruner, "init_seconds", 0.0)) if run.pruner is not None else 0.0,
+    )
+
+
 def train(
     model: nn.Module,
     train_loader: DataLoader,
@@ -306,14 +545,22 @@ def train(
     progress: bool = True,
     seed: int | None = 0,
     desc: str | None = None,
+    distributed: bool | None = None,
 ) -> TrainResult:
     """Train ``model`` from its current weights for ``epochs`` epochs, pruning if given a pruner.
+
+    The run, in named steps: set-up (model on ``device``, SGD, scheduler), resume from the
+    checkpoint (:func:`_resume`), then per epoch: train (:func:`_train_epoch`: the pruner's
+    ``epoch_start``, then per batch forward, backward, ``before_step``, ``optimizer.step()``,
+    ``after_step``), end the epoch (:func:`_end_epoch`: ``epoch_end`` -- may prune in place --,
+    scheduler step, evaluation) and write the checkpoint (:func:`_write_checkpoint`).
 
     Args:
         model: the network; moved to ``device`` and trained (and pruned) in place.
         train_loader / test_loader: DataLoaders yielding ``(inputs, int64 labels)``.  For
             exact resume the training loader's sampler must have ``set_epoch`` (called
-            with the 0-based epoch at the start of every epoch).
+            with the 0-based epoch at the start of every epoch). Under torch.distributed,
+            each rank's loaders yield its shard (see :mod:`oneprune_ext.data`).
         epochs: length of the run, in epochs (the whole run, also when resuming).
         lr: initial learning rate.
         momentum, weight_decay, nesterov: SGD settings (published: 0.9, 5e-4, Nesterov).
@@ -325,35 +572,29 @@ def train(
         pruner: a :class:`~oneprune_ext.pruner.OneCyclePruner` built on ``model`` with
             ``total_epochs == epochs``, or ``None`` for a dense run.
         device: where to train.
-        checkpoint: path of the per-epoch checkpoint (written atomically), or ``None``.
+        checkpoint: path of the per-epoch checkpoint (written atomically, by rank 0 only under
+            torch.distributed), or ``None``.
         resume: continue from ``checkpoint`` if that file exists (a fresh run otherwise).
             Pass the same freshly built model, loaders and a freshly built pruner as the
             original run; the pruner restores its state and reshapes the model first.
-        progress: show a tqdm bar over epochs.
+        progress: show a tqdm bar over epochs (rank 0 only).
         seed: seeds Python, NumPy and torch at the start of a fresh run (``None``: leave
             them); on resume the saved RNG states are restored instead.
         desc: label of the progress bar.
+        distributed: train with DistributedDataParallel over the default process group
+            (rebuilt after the prune; the pruner needs ``process_group=``); ``None``: when a
+            process group with more than one rank is initialised.
 
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult` (the same on every rank under torch.distributed).
 
     Raises:
         ValueError: a bad option (named in the message), a pruner whose ``total_epochs``
             differs from ``epochs``, ``resume`` without ``checkpoint``, or a checkpoint that
             does not match this run.
     """
-    if int(epochs) != epochs or epochs < 1:
-        raise ValueError(f"train: epochs must be a positive int, got {epochs!r}")
-    epochs = int(epochs)
-    if lr <= 0 or not math.isfinite(lr):
-        raise ValueError(f"train: lr must be a positive number, got {lr!r}")
-    if resume and checkpoint is None:
-        raise ValueError("train: resume=True needs checkpoint=<path>")
-    if pruner is not None:
-        total = getattr(pruner, "total_epochs", epochs)
-        if total is not None and int(total) != epochs:
-            raise ValueError(f"train: the pruner was built with total_epochs={total} but epochs={epochs}; "
-                             "they must be equal (the pruning schedule is in epochs of this run)")
+    epochs = _check_options(epochs, lr, resume, checkpoint, pruner)
+    group = _process_group(pruner, distributed)
     device = torch.device(device)
     ckpt_path = os.fspath(checkpoint) if checkpoint is not None else None
     config = {"epochs": epochs, "lr": float(lr), "momentum": float(momentum),
@@ -362,157 +603,45 @@ def train(
               "pruned_run": pruner is not None}
 
     model.to(device)
-    example = _first_input(train_loader).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                                 weight_decay=weight_decay, nesterov=nesterov and momentum > 0)
-    scheduler = _make_scheduler(optimizer, schedule, epochs, milestones, gamma)
-
-    history: list[EpochRecord] = []
-    start_epoch = 0
-    wall_before = 0.0  # wall time of earlier segments (resume)
-    pruner_before = 0.0  # pruner seconds of earlier segments, if its stats do not persist
-    dense_macs = count_macs(model, example)
-    dense_params = count_params(model)
-
+    run = _Run(model=model, net=model, optimizer=optimizer,
+               scheduler=_make_scheduler(optimizer, schedule, epochs, milestones, gamma), pruner=pruner,
+               device=device, example=_first_input(train_loader).to(device), config=config, group=group)
+    run.dense_macs = count_macs(model, run.example)
+    run.dense_params = count_params(model)
     if resume and ckpt_path is not None and os.path.exists(ckpt_path):
-        data = _load_checkpoint(ckpt_path)
-        saved_cfg = data["config"]
-        diff = {k: (saved_cfg.get(k), v) for k, v in config.items() if saved_cfg.get(k) != v}
-        if diff:
-            raise ValueError(f"train(resume=True): checkpoint {ckpt_path!r} was written by a run with other "
-                             f"settings (saved, now): {diff}")
-        if data["pruner"] is not None:
-            assert pruner is not None  # guaranteed by the config check ("pruned_run")
-            pruner.load_state_dict(data["pruner"])  # reshapes the model if it was pruned
-        model.load_state_dict(data["model"])
-        optimizer.load_state_dict(data["optimizer"])
-        scheduler.load_state_dict(data["scheduler"])
-        _set_rng_state(data["rng"])
-        history = [EpochRecord(**h) for h in data["history"]]
-        start_epoch = int(data["epoch"])
-        wall_before = float(data["wall_time"])
-        dense_macs = int(data["dense_macs"])
-        dense_params = int(data["dense_params"])
-        pruner_before = float(data["pruner_seconds"]) - _pruner_seconds(pruner)
+        _resume(run, ckpt_path)
     elif seed is not None:
         _seed_everything(int(seed))
+    run.net = _wrap(model, device, group)  # after the resume: the model has its final shapes
 
     bar = None
-    if progress:
+    if progress and _is_main(group):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, initial=start_epoch, desc=desc or ("one-cycle" if pruner else "dense"),
+        bar = tqdm(total=epochs, initial=run.start_epoch, desc=desc or ("one-cycle" if pruner else "dense"),
                    unit="epoch", dynamic_ncols=True, leave=True)
-
-    macs_now = count_macs(model, example) if start_epoch else dense_macs
-    params_now = count_params(model)
-    t_start = time.perf_counter()
+    run.macs_now = count_macs(model, run.example) if run.start_epoch else run.dense_macs
+    run.params_now = count_params(model)
+    run.t_start = time.perf_counter()
     try:
-        for epoch in range(start_epoch, epochs):
+        for epoch in range(run.start_epoch, epochs):
             t_epoch = time.perf_counter()
-            model.train()
-            _set_sampler_epoch(train_loader, epoch)
-            if pruner is not None:
-                pruner.epoch_start(epoch)
-            cur_lr = float(optimizer.param_groups[0]["lr"])
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            pen_sum = torch.zeros((), dtype=torch.float64, device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            seen = 0
-            steps = 0
-            for x, y in train_loader:
-                x = x.to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                out = model(x)
-                loss = F.cross_entropy(out, y)
-                loss.backward()
-                if pruner is not None:
-                    pen = pruner.before_step()
-                    if pen is not None:
-                        pen_sum += pen.detach().to(torch.float64)
-                optimizer.step()
-                if pruner is not None:
-                    pruner.after_step(cur_lr)
-                n = int(y.numel())
-                loss_sum += loss.detach().to(torch.float64) * n
-                correct += (out.detach().argmax(1) == y).sum()
-                seen += n
-                steps += 1
-                del out, loss  # keep no autograd graph alive across a prune
-            if seen == 0:
-                raise ValueError("train: the training loader yielded no samples")
-            report = pruner.epoch_end(epoch, optimizer) if pruner is not None else None
-            scheduler.step()
-            pruned_now = bool(getattr(report, "pruned_now", False))
-            if pruned_now or epoch == start_epoch:
-                macs_now = count_macs(model, example)
-                params_now = count_params(model)
-            test_acc = evaluate(model, test_loader, device)
-            rec = EpochRecord(
-                epoch=epoch,
-                lr=cur_lr,
-                train_loss=float(loss_sum.item()) / seen,
-                train_acc=100.0 * float(correct.item()) / seen,
-                test_acc=test_acc,
-                penalty=float(pen_sum.item()) / max(steps, 1),
-                phase=str(getattr(report, "phase", "dense")),
-                indicator=None if report is None or report.indicator is None else float(report.indicator),
-                reg=None if report is None or report.reg is None else float(report.reg),
-                pruned_now=pruned_now,
-                macs=macs_now,
-                params=params_now,
-                seconds=0.0,
-            )
-            history.append(rec)
+            sums, cur_lr = _train_epoch(run, train_loader, epoch)
+            rec = _end_epoch(run, test_loader, epoch, sums, cur_lr)
+            run.history.append(rec)
             if ckpt_path is not None:
                 rec.seconds = time.perf_counter() - t_epoch
-                wall = wall_before + (time.perf_counter() - t_start)
-                atomic_save({
-                    "format": _CKPT_FORMAT,
-                    "config": config,
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "pruner": pruner.state_dict() if pruner is not None else None,
-                    "rng": _rng_state(),
-                    "history": [dataclasses.asdict(h) for h in history],
-                    "wall_time": wall,
-                    "pruner_seconds": pruner_before + _pruner_seconds(pruner),
-                    "dense_macs": dense_macs,
-                    "dense_params": dense_params,
-                }, ckpt_path)
+                _write_checkpoint(run, ckpt_path, epoch)
             rec.seconds = time.perf_counter() - t_epoch
-            if bar is not None:
-                post = {"loss": f"{rec.train_loss:.3f}", "acc": f"{test_acc:.1f}%"}
-                if pruner is not None:
-                    post["phase"] = rec.phase
-                    if rec.indicator is not None:
-                        post["psi"] = f"{rec.indicator:.3f}"
-                    post["MACs"] = f"{100.0 * macs_now / dense_macs:.0f}%"
-                bar.set_postfix(post, refresh=False)
-                bar.update(1)
+            _show(bar, run, rec)
     finally:
         if bar is not None:
             bar.close()
+    return _result(run, test_loader)
 
-    wall_time = wall_before + (time.perf_counter() - t_start)
-    pruner_seconds = pruner_before + _pruner_seconds(pruner)
-    prune_epoch = next((h.epoch for h in history if h.pruned_now), None)
-    if pruner is not None and prune_epoch is None and getattr(pruner, "prune_epoch", None) is not None:
-        prune_epoch = int(pruner.prune_epoch)
-    final_acc = history[-1].test_acc if history else evaluate(model, test_loader, device)
-    return TrainResult(
-        history=history,
-        final_acc=final_acc,
-        dense_macs=dense_macs,
-        dense_params=dense_params,
-        final_macs=count_macs(model, example),
-        final_params=count_params(model),
-        prune_epoch=prune_epoch,
-        wall_time=wall_time,
-        pruner_seconds=pruner_seconds,
-        pruner_overhead_pct=100.0 * pruner_seconds / wall_time if wall_time > 0 else 0.0,
-        pruner_init_seconds=float(getattr(pruner, "init_seconds", 0.0)) if pruner is not None else 0.0,
-    )
+
+def _is_main(group: Any) -> bool:
+    """Whether this process prints and writes files (rank 0, or no process group)."""
+    return group is None or _dist.is_main_process(group)

@@ -197,3 +197,9 @@ def test_cli_help_and_errors(capsys) -> None:
     with pytest.raises(SystemExit) as e:
         cli.main(["--data", "digits", "--model", "resnet56"])
     assert e.value.code == 2
+
+
+def test_train_distributed_needs_a_process_group() -> None:
+    train_loader, test_loader = digits_loaders(batch_size=64, seed=0)
+    with pytest.raises(ValueError, match="process group"):
+        train(digits_cnn(width=4), train_loader, test_loader, epochs=1, progress=False, distributed=True)
