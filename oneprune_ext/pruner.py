@@ -94,7 +94,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import distributed
+from . import distributed, profiling
 from . import ops as _fused_ops
 from .compact import prune_channels
 from .config import PrunerConfig
@@ -283,6 +283,7 @@ class OneCyclePruner:
         sl_start: the resolved sparsity-learning start epoch (None while ``"auto"`` has not fired).
     """
 
+    @profiling.spanned("init")
     def __init__(
         self,
         model: nn.Module,
@@ -349,6 +350,7 @@ class OneCyclePruner:
         self._factor_t: Optional[torch.Tensor] = None
         self._factor_lr: Optional[float] = None
         self._stats: dict[str, float] = {h: 0.0 for h in _HOOKS}
+        self._clock = profiling.DeviceClock(_HOOKS, next(iter(self.layout.parameters()), None))
         #: wall seconds the construction took (trace + cost model + layout), not part of ``stats``
         self.init_seconds: float = time.perf_counter() - t0
 
@@ -429,19 +431,37 @@ class OneCyclePruner:
         """Exact parameter count of the model now."""
         return int(self._cost.params(self.groups.sizes))
 
+    def channel_counts(self) -> list[dict[str, Any]]:
+        """Per channel group, in group order: ``name``, ``dense`` (channels of the dense model)
+        and ``kept`` (channels now: the dense count before the prune, the kept count after)."""
+        return [{"name": g.name, "dense": int(d), "kept": int(k)}
+                for g, d, k in zip(self._dense_groups, self._dense_sizes, self.groups.sizes)]
+
     @property
     def stats(self) -> dict[str, float]:
-        """Wall seconds spent in each hook, accumulated (host time; CUDA work is asynchronous).
+        """Seconds spent in each hook, accumulated: host time always, device time on CUDA.
 
-        Keys ``epoch_start``, ``before_step``, ``after_step``, ``epoch_end`` and ``total``
-        (their sum). The one-off construction is :attr:`init_seconds`. Restored by
-        :meth:`load_state_dict`, so a resumed run reports the whole run's overhead.
+        Host (wall) seconds, keys ``epoch_start``, ``before_step``, ``after_step``,
+        ``epoch_end`` and ``total`` (their sum): the time the calling thread spent inside the
+        hook. On the CPU that is the hook's whole cost; on a GPU the hooks only launch kernels.
+
+        Device seconds, only while the model is on CUDA: ``epoch_start_device``,
+        ``before_step_device``, ``after_step_device``, ``epoch_end_device`` and
+        ``total_device``, measured with a CUDA event pair around each hook call on the current
+        stream (:mod:`oneprune_ext.profiling`). The step path never synchronises: the events
+        are read at the end of each :meth:`epoch_end` (then the totals are complete) and,
+        for calls already finished on the device, whenever ``stats`` is read.
+
+        The one-off construction is :attr:`init_seconds`. Restored by :meth:`load_state_dict`,
+        so a resumed run reports the whole run's overhead.
         """
         out = {h: self._stats[h] for h in _HOOKS}
         out["total"] = sum(out.values())
+        out.update(self._clock.stats())
         return out
 
     # ------------------------------------------------------------------ hooks
+    @profiling.hook("epoch_start")
     def epoch_start(self, epoch: int) -> None:
         """Start of a 0-based epoch: search the sub-network and update the indicator.
 
@@ -476,17 +496,20 @@ class OneCyclePruner:
         finally:
             self._stats["epoch_start"] += time.perf_counter() - t0
 
+    @profiling.spanned("search")
     def _search(self, epoch: int) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), profiling.span("saliency"):
             _, saliency = self._ops.grouped_norms(self.layout)
         if self.process_group is not None:  # every rank chooses rank 0's sub-network
             saliency = distributed.broadcast_from_rank0(saliency, self.process_group)
-        sel = select_subnetwork(
-            saliency, self.groups.sizes, self._cost_fn, self.config.reduction,
-            per_channel_mac_cost=self._per_channel_macs, dense_cost=self._dense_cost,
-            layer_limit=self.config.layer_limit, layer_limit_k=self.config.layer_limit_k, round_to=self.config.round_to,
-        )
-        psi = self.tracker.update(sel.kept_indices)
+        with profiling.span("selection"):
+            sel = select_subnetwork(
+                saliency, self.groups.sizes, self._cost_fn, self.config.reduction,
+                per_channel_mac_cost=self._per_channel_macs, dense_cost=self._dense_cost,
+                layer_limit=self.config.layer_limit, layer_limit_k=self.config.layer_limit_k, round_to=self.config.round_to,
+            )
+        with profiling.span("stability"):
+            psi = self.tracker.update(sel.kept_indices)
         self.selection = sel
         self._searched_now = True
         self._masks.append(sel.removal_mask.clone())
@@ -506,6 +529,7 @@ class OneCyclePruner:
         self._active_lasso = any_chosen and self.config.regularizer in ("group_lasso", "both")
         self._active_shrink = any_chosen and self.config.regularizer in ("shrink", "both")
 
+    @profiling.hook("before_step")
     def before_step(self, scaler: Optional[Any] = None) -> Optional[torch.Tensor]:
         """After the backward of the step's last (micro-)batch, before ``optimizer.step()``.
 
@@ -541,6 +565,7 @@ class OneCyclePruner:
         finally:
             self._stats["before_step"] += time.perf_counter() - t0
 
+    @profiling.hook("after_step")
     def after_step(self, lr: float, scaler: Optional[Any] = None) -> None:
         """After ``optimizer.step()``: in sparsity learning with ``regularizer`` ``"shrink"`` or
         ``"both"``, multiplies every slice of the channels chosen for removal by ``1 - reg * lr``
@@ -577,6 +602,7 @@ class OneCyclePruner:
         finally:
             self._stats["after_step"] += time.perf_counter() - t0
 
+    @profiling.hook("epoch_end")
     def epoch_end(self, epoch: int, optimizer: Optional[torch.optim.Optimizer] = None) -> EpochReport:
         """End of a 0-based epoch: prune in place when it is time; report what happened.
 
@@ -615,6 +641,7 @@ class OneCyclePruner:
         finally:
             self._stats["epoch_end"] += time.perf_counter() - t0
 
+    @profiling.spanned("prune")
     def _prune(self, epoch: int, optimizer: Optional[torch.optim.Optimizer]) -> dict[str, int]:
         assert self.selection is not None
         info = {"macs_before": self.macs(), "params_before": self.params()}
@@ -631,10 +658,11 @@ class OneCyclePruner:
     def _apply_keep(self, keep: list[torch.Tensor], optimizer: Optional[torch.optim.Optimizer]) -> None:
         """Physically remove every channel of the dense groups not in ``keep`` (per group)."""
         cut = {gi: k for gi, k in enumerate(keep) if int(k.numel()) < self._dense_sizes[gi]}
-        with torch.no_grad():
+        with torch.no_grad(), profiling.span("compaction"):
             new_groups = prune_channels(self.model, self._dense_groups, cut, optimizer)
         self.groups = new_groups
-        self.layout.rebuild(new_groups)  # the dense cost model stays exact: it is a polynomial of kept counts
+        with profiling.span("layout_rebuild"):
+            self.layout.rebuild(new_groups)  # the dense cost model stays exact: it is a polynomial of kept counts
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -667,7 +695,7 @@ class OneCyclePruner:
                 "target_reduction": sel.target_reduction, "prefix_length": sel.prefix_length,
                 "num_candidates": sel.num_candidates, "tolerance": sel.tolerance,
             },
-            "stats": {h: self._stats[h] for h in _HOOKS},
+            "stats": {**{h: self._stats[h] for h in _HOOKS}, **self._clock.stats()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -731,6 +759,7 @@ class OneCyclePruner:
         )
         for h in _HOOKS:
             self._stats[h] = float(state["stats"].get(h, 0.0))
+        self._clock.load(state["stats"])
         # step-path state is re-armed by the next epoch_start
         self._active_lasso = self._active_shrink = False
         self._mask_dev = self._reg_t = self._factor_t = None
