@@ -17,6 +17,19 @@ the published values of the data set scaled to ``--epochs``: CIFAR-10's 2 / 30 /
 300-epoch run (also used for digits), ImageNet's 2 / auto / 50 of a 130-epoch run.  At the
 published lengths they are the published values.
 
+With ``--out DIR`` a run leaves ``DIR/report.json`` (config, per-epoch history, prune epoch,
+accuracies, dense and pruned MACs / parameters / channels per group, overhead, wall time),
+``DIR/metrics.jsonl`` (one line per epoch, written as it goes), ``DIR/model.pt`` and PNG plots
+(:mod:`oneprune_ext.report`, :mod:`oneprune_ext.plots`).
+
+Other commands (``oneprune COMMAND --help``):
+
+* ``oneprune profile``: the pruning overhead measured on your model and batch shape
+  (:mod:`oneprune_ext.overhead`);
+* ``oneprune eval DIR_OR_FILE``: accuracy, exact MACs / parameters and latency of a pruned
+  model, optionally next to the dense architecture (:mod:`oneprune_ext.evaluation`);
+* ``oneprune plot DIR``: redraw a run's plots from its ``report.json``.
+
 Also runnable as ``python -m oneprune_ext.cli``.
 """
 
@@ -117,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Epoch-valued settings are 0-based epoch indices; unless given they are the published "
                "values scaled to --epochs (CIFAR-10: monitor 2, sparsity learning 30, prune by 110 of 300 "
                "epochs, also used for digits; ImageNet: 2, auto, 50 of 130). Prints a summary table "
-               "at the end.",
+               "at the end. Other commands: 'oneprune profile' (pruning overhead on your model and batch "
+               "shape), 'oneprune eval DIR_OR_FILE' (accuracy, MACs, latency of a pruned model), "
+               "'oneprune plot DIR' (redraw a run's plots); see 'oneprune COMMAND --help'.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("data and model")
@@ -169,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from --checkpoint if it exists (run with the same options)")
     g.add_argument("--save", default=None, help="write the pruned model here with save_pruned()")
     g.add_argument("--json", default=None, help="write the results (both runs, per-epoch history) as JSON here")
+    g.add_argument("--out", default=None, metavar="DIR",
+                   help="run directory (created if missing): report.json at the end, metrics.jsonl one line per "
+                        "epoch as it goes, model.pt (and dense_model.pt with --dense-baseline), PNG plots")
+    g.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --out: draw the PNG plots (needs matplotlib) (default: on)")
     return p
 
 
@@ -266,17 +286,7 @@ def _build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     from . import models
 
     torch.manual_seed(args.seed)
-    if args.model == "digits_cnn":
-        return models.digits_cnn(num_classes, width=args.width)
-    if args.model == "resnet56":
-        return models.resnet56(num_classes)
-    if args.model == "vgg16":
-        return models.vgg16(num_classes)
-    try:
-        import torchvision
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"--model {args.model} needs torchvision: pip install torchvision") from e
-    return getattr(torchvision.models, args.model)(weights=None, num_classes=num_classes)
+    return models.build(args.model, num_classes, width=args.width)
 
 
 def _dense_checkpoint(path: str | None) -> str | None:
@@ -355,18 +365,50 @@ def run(args: argparse.Namespace) -> tuple[TrainResult, TrainResult | None, nn.M
         pruner = OneCyclePruner(model, example, args.pruner_config, process_group=group)
     except ValueError as e:  # a configuration the pruner rejects (e.g. target unreachable)
         raise ConfigError(_flags(str(e))) from e
+    out = _run_directory(args) if main_rank else None
+    if out is not None:
+        common["on_epoch"] = out.on_epoch("pruned")
     pruned = train(model, train_loader, test_loader, pruner=pruner, checkpoint=args.checkpoint,
                    desc="one-cycle", **common)
     if args.save and main_rank:
         from .saving import save_pruned
 
         save_pruned(model, args.save)
-    dense = None
+    dense = dense_model = None
     if args.dense_baseline:
+        if out is not None:
+            common["on_epoch"] = out.on_epoch("dense")
         dense_model = _build_model(args, num_classes).to(device)
         dense = train(dense_model, train_loader, test_loader, pruner=None,
                       checkpoint=_dense_checkpoint(args.checkpoint), desc="dense", **common)
+    if out is not None:
+        args.outputs = _finish_run_directory(out, args, pruner, pruned, model, dense, dense_model, num_classes,
+                                             len(train_loader))
     return pruned, dense, model
+
+
+def _run_directory(args: argparse.Namespace) -> Any:
+    """The ``--out`` directory writer, or None without ``--out``."""
+    if not getattr(args, "out", None):
+        return None
+    from .report import RunDirectory
+
+    try:
+        return RunDirectory(args.out)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--out {args.out!r}: {e}") from e
+
+
+def _finish_run_directory(out: Any, args: argparse.Namespace, pruner: Any, pruned: TrainResult, model: nn.Module,
+                          dense: TrainResult | None, dense_model: nn.Module | None, num_classes: int,
+                          steps_per_epoch: int) -> dict[str, Any]:
+    """Models, report.json and plots into the ``--out`` directory; returns what was written."""
+    option_names = {f.name for f in dataclasses.fields(PrunerConfig)}
+    training = {k: v for k, v in vars(args).items() if k not in option_names and k not in ("pruner_config", "outputs")}
+    model_info = {"name": args.model, "data": args.data, "input_shape": list(PRESETS[args.data].input_shape),
+                  "num_classes": num_classes, "width": args.width}
+    return out.finish(pruned=pruned, pruner=pruner, model=model, dense=dense, dense_model=dense_model,
+                      training=training, model_info=model_info, steps_per_epoch=steps_per_epoch, plots=args.plots)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -381,6 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Under ``torchrun --nproc_per_node=N`` each process trains one DDP replica; rank 0 prints,
     writes the checkpoint, ``--save`` and ``--json``.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _COMMANDS:
+        return _command(argv[0])(argv[1:])
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -404,13 +449,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\noneprune: {args.model} on {args.data}, {args.epochs} epochs{procs}, target -{100 * args.reduction:.0f} % "
           f"{'MACs' if args.target == 'macs' else 'parameters'} ({schedule}); total {total:.1f} s")
     print(summary_table(pruned, dense, args.epochs))
+    outputs = getattr(args, "outputs", None)
+    if outputs:
+        print(f"report: {outputs['report']} (per epoch: {os.path.join(args.out, 'metrics.jsonl')})")
+        if outputs["plots"]:
+            print("plots: " + ", ".join(outputs["plots"]))
+        elif outputs["plots_skipped"]:
+            print(f"plots skipped: {outputs['plots_skipped']}")
     if args.json:
-        out = {"args": {k: v for k, v in vars(args).items() if k != "pruner_config"},
+        out = {"args": {k: v for k, v in vars(args).items() if k not in ("pruner_config", "outputs")},
                "pruner_config": args.pruner_config.to_dict(), "pruned": pruned.to_dict(),
                "dense": dense.to_dict() if dense else None, "total_seconds": total}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
     return 0
+
+
+_COMMANDS = ("profile", "eval", "plot")
+
+
+def _command(name: str) -> Any:
+    """The ``main(argv)`` of the subcommand ``name`` (imported only when used)."""
+    if name == "profile":
+        from .overhead import main as command
+    elif name == "eval":
+        from .evaluation import main as command
+    else:
+        from .plots import main as command
+    return command
 
 
 if __name__ == "__main__":
