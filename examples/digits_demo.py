@@ -21,6 +21,12 @@ shortest prefix of the saliency ranking that reaches the target, so it overshoot
 cost of the last channel taken; at width 16 one channel of the widest group is ~6 % of the
 MACs (~3 % at width 32), and a narrower model lands further from 50 % more often.
 
+``--out runs/digits-demo``: the run directory: ``report.json`` (config, per-epoch history, prune
+epoch, accuracies, MACs / parameters / channels per group, overhead), ``metrics.jsonl`` (one line
+per epoch, written as it goes), ``model.pt`` / ``dense_model.pt`` (``oneprune eval
+runs/digits-demo --dense`` measures them) and four PNG plots (stability indicator, training
+curves, channels per group, overhead); the last lines printed say where.
+
 ``--threads 1``: the network is tiny (2.1 M MACs per image), and on a busy 2-core machine two
 torch threads were measured to be many times slower than one.  Anything after the script
 name is passed on to ``oneprune`` (see ``oneprune --help``) and overrides these settings,
@@ -40,6 +46,7 @@ DEMO_ARGS = [
     "--monitor-start", "1", "--sl-start", "3", "--sl-end", "11",
     "--reg", "1e-4", "--reg-delta", "1e-4",
     "--dense-baseline", "--threads", "1", "--seed", "0",
+    "--out", "runs/digits-demo",
 ]
 
 if __name__ == "__main__":

@@ -110,7 +110,8 @@ class ProfileResult:
         dev = self.device == "cuda" or self.device.startswith("cuda:")
         head = [
             f"oneprune profile: {self.model}, input {shape}, batch {self.batch}, {self.device}"
-            + ("" if dev else f" ({self.threads} threads)") + f", median of {self.steps} steps per phase",
+            + ("" if dev else f" ({self.threads} thread{'s' if self.threads != 1 else ''})")
+            + f", median of {self.steps} steps per phase",
             f"pruner set-up (trace, cost model, layout): {self.init_seconds:.2f} s; MACs per sample "
             f"{self.dense_macs / 1e6:.2f} M dense -> {self.pruned_macs / 1e6:.2f} M pruned "
             f"(-{100 * self.achieved_reduction:.1f} % {'MACs' if self.target == 'macs' else 'params'}, "
