@@ -31,6 +31,7 @@ copy of the dense model (two plain steps, the pruner's construction, a monitorin
 sparsity-learning epoch and the prune, each epoch with two steps, then two steps of the pruned
 model) and writes a Chrome trace (open it in ``chrome://tracing`` or https://ui.perfetto.dev);
 the pruner's work appears as ``oneprune::*`` ranges, the schedule as ``oneprune_profile::*``.
+``--save pruned.pt`` keeps the pruned model (random weights) for ``oneprune eval``'s latency.
 """
 
 from __future__ import annotations
@@ -444,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", default=None, metavar="OUT.json",
                    help="also write a Chrome trace of a short one-cycle schedule (oneprune::* ranges)")
     p.add_argument("--json", default=None, metavar="OUT.json", help="write the measurements as JSON here")
+    p.add_argument("--save", default=None, metavar="PRUNED.pt",
+                   help="write the pruned model (save_pruned; random weights) here, e.g. for the latency of "
+                        "'oneprune eval PRUNED.pt --model NAME --no-accuracy --dense'")
     p.add_argument("--seed", type=int, default=0, help="seed of the model init and the random batch (default: 0)")
     return p
 
@@ -464,6 +468,7 @@ def _run(args: argparse.Namespace) -> ProfileResult:
 
     _check_out_path("--json", args.json)
     _check_out_path("--trace", args.trace)
+    _check_out_path("--save", args.save)
 
     for flag, v, lo in (("--batch", args.batch, 1), ("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
                         ("--width", args.width, 1)):
@@ -494,10 +499,15 @@ def _run(args: argparse.Namespace) -> ProfileResult:
             model.eval()(x[:1])
     except Exception as e:  # noqa: BLE001 - the user's shape does not fit the model
         raise ValueError(f"--model {args.model} does not accept --input {'x'.join(map(str, shape))}: {e}") from e
-    return profile_overhead(model, x, y, steps=args.steps, warmup=args.warmup, regularizers=modes,
-                            per_layer=not args.no_per_layer,
-                            options={"reduction": args.reduction, "target": args.target}, trace=args.trace,
-                            name=args.model)
+    result = profile_overhead(model, x, y, steps=args.steps, warmup=args.warmup, regularizers=modes,
+                              per_layer=not args.no_per_layer,
+                              options={"reduction": args.reduction, "target": args.target}, trace=args.trace,
+                              name=args.model)
+    if args.save:
+        from .saving import save_pruned
+
+        save_pruned(model, args.save)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,8 +2,8 @@
 
 :func:`write_plots` draws four files into a directory:
 
-* ``stability.png``: the stability indicator per epoch, the phases shaded (dense, monitoring,
-  sparsity learning, pruned), the threshold and the prune epoch marked;
+* ``stability.png``: the stability indicator per searched epoch, the phases shaded (dense,
+  monitoring, sparsity learning, pruned), the threshold and the prune epoch marked;
 * ``training.png``: train loss and test accuracy per epoch, one-cycle vs the dense baseline
   when the run has one, the prune epoch marked;
 * ``channels.png``: channels per group, dense vs kept;
@@ -86,7 +86,9 @@ def plot_stability(report: Mapping[str, Any], path: str) -> str:
     fig = _figure(7.0, 3.6)
     ax = fig.add_subplot()
     _shade_phases(ax, hist)
-    pts = [(h["epoch"], h["indicator"]) for h in hist if h.get("indicator") is not None]
+    # searched epochs only: before monitoring there is no indicator, after the prune it is frozen
+    pts = [(h["epoch"], h["indicator"]) for h in hist
+           if h.get("indicator") is not None and h.get("phase") in ("monitoring", "sparsity")]
     if pts:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color="#1f4e8c", ms=3.5, lw=1.5,
                 label="stability indicator", zorder=3)

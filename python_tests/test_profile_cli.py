@@ -23,9 +23,9 @@ def keep_threads():
 
 
 def test_profile_small_model_with_trace(tmp_path: Path, capsys) -> None:
-    trace, out = tmp_path / "trace.json", tmp_path / "profile.json"
+    trace, out, saved = tmp_path / "trace.json", tmp_path / "profile.json", tmp_path / "pruned.pt"
     rc = cli.main(["profile", "--model", "digits_cnn", "--batch", "16", "--steps", "2", "--warmup", "1",
-                   "--threads", "1", "--trace", str(trace), "--json", str(out)])
+                   "--threads", "1", "--trace", str(trace), "--json", str(out), "--save", str(saved)])
     assert rc == 0
     text = capsys.readouterr().out
     for row in ("plain training step", "monitoring", "sparsity learning, shrink: fused hooks",
@@ -45,6 +45,11 @@ def test_profile_small_model_with_trace(tmp_path: Path, capsys) -> None:
                  "layout_rebuild"):
         assert f"oneprune::{what}" in names, what
     assert "oneprune_profile::sparsity_epoch" in names
+    # the pruned architecture, for oneprune eval's latency
+    capsys.readouterr()
+    assert cli.main(["eval", str(saved), "--model", "digits_cnn", "--no-accuracy", "--dense", "--batch", "16",
+                     "--warmup", "0", "--repeat", "2", "--threads", "1"]) == 0
+    assert "dense (fresh init)" in capsys.readouterr().out
 
 
 def test_profile_torchvision_model_one_mode() -> None:

@@ -80,8 +80,13 @@ def test_no_range_is_opened_without_a_profiler(monkeypatch) -> None:
         pass
 
 
-def test_stats_host_seconds_and_no_device_keys_on_cpu() -> None:
-    pruner, _ = _schedule()
+@pytest.fixture(scope="module")
+def pruned_run():
+    return _schedule()
+
+
+def test_stats_host_seconds_and_no_device_keys_on_cpu(pruned_run) -> None:
+    pruner, _ = pruned_run
     stats = pruner.stats
     assert set(stats) == set(HOOKS) | {"total"}
     assert all(v >= 0 for v in stats.values()) and stats["before_step"] > 0
@@ -102,8 +107,8 @@ def test_device_clock_state_round_trip() -> None:
     assert stats["total_device"] == 0.75
 
 
-def test_pruner_state_dict_keeps_device_seconds() -> None:
-    pruner, _ = _schedule()
+def test_pruner_state_dict_keeps_device_seconds(pruned_run) -> None:
+    pruner, _ = pruned_run
     state = pruner.state_dict()
     state["stats"] = dict(state["stats"], before_step_device=0.125, after_step_device=0.0,
                           epoch_start_device=0.0, epoch_end_device=0.0)
@@ -177,3 +182,19 @@ def test_device_clock_bounded_and_skips_graph_capture() -> None:
         with torch.cuda.graph(g):
             assert clock.start() is None  # no events recorded into a captured graph
             p.add_(1)
+
+
+def test_readme_profiler_block_shows_the_ranges(capsys) -> None:
+    import readme_blocks
+
+    (block,) = [b for b in readme_blocks.loop_blocks() if "torch.profiler" in b]
+    ns = readme_blocks.namespace()
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        exec(compile(block, "README.md (profiler block)", "exec"), ns)
+    finally:
+        torch.set_num_threads(n)
+    keys = {e.key for e in ns["prof"].key_averages()}
+    assert {"oneprune::before_step", "oneprune::after_step", "oneprune::epoch_start", "oneprune::search"} <= keys
+    assert "oneprune::before_step" in capsys.readouterr().out  # the printed table has the pruner's rows
