@@ -3,6 +3,7 @@
 Examples::
 
     oneprune --data digits --epochs 30 --reduction 0.5 --dense-baseline      # CPU, about a minute
+    oneprune --data digits --dense-baseline --out runs/digits   # + report.json, metrics.jsonl, plots
     oneprune --data cifar10 --data-root ~/data --model resnet56 --reduction 0.5
     oneprune --data imagenet --data-root /imagenet --model resnet50 --reduction 0.48
     torchrun --nproc_per_node=8 -m oneprune_ext.cli --data imagenet --data-root /imagenet --reduction 0.48
@@ -421,7 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``oneprune`` console script; returns the exit status.
 
     Under ``torchrun --nproc_per_node=N`` each process trains one DDP replica; rank 0 prints,
-    writes the checkpoint, ``--save`` and ``--json``.
+    writes the checkpoint, ``--save``, ``--json`` and ``--out``. ``argv[0]`` ``profile``,
+    ``eval`` or ``plot`` runs that command instead (``oneprune COMMAND --help``).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in _COMMANDS:
