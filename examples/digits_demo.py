@@ -38,7 +38,7 @@ DEMO_ARGS = [
     "--epochs", "30", "--batch-size", "32", "--lr", "0.1", "--schedule", "step",
     "--target", "macs", "--reduction", "0.5",
     "--monitor-start", "1", "--sl-start", "3", "--sl-end", "11",
-    "--reg", "1e-4", "--reg-delta", "1e-4",
+    "--reg", "auto",
     "--dense-baseline", "--threads", "1", "--seed", "0",
 ]
 
