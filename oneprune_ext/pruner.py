@@ -88,8 +88,7 @@ each deliberate:
   the paper states; the totals agree (``S`` = 8.32 here, 8.13 published, by the prune).
 * A stability prune needs sparsity learning to have started; the published loops prune when
   stable in any monitored epoch. Reason: a prune before any regularisation is a blind cut (a
-  large prune shock); in the authors' ResNet-56 log the indicator becomes stable at epoch 94,
-  long after sparsity learning started, where both rules agree.
+  large prune shock).
 * ``sl_end`` is the last epoch trained before the forced prune (the published CIFAR loop trains
   one more, ``sl_end + 1``). Reason: "prune by ``sl_end``", as the option is documented.
 * The sub-network search costs candidates with an exact closed form and returns the shortest
