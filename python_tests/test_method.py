@@ -130,7 +130,8 @@ def test_published_curve() -> None:
     assert 8.2 < ends[-1] < 8.4
     curve = ShrinkCurve.published()
     assert curve.at(0) == 0.0 and curve.at(1) == pytest.approx(ends[-1]) and curve.at(2) == curve.total
-    assert curve.at(40 / 81) == pytest.approx(ends[39]) and curve.at(40.5 / 81) == pytest.approx((ends[39] + ends[40]) / 2)
+    assert curve.at(40 / 81) == pytest.approx(ends[39])
+    assert curve.at(40.5 / 81) == pytest.approx((ends[39] + ends[40]) / 2)
     # the same reg numbers on the digits demo's schedule (45 steps x 9 epochs) shrink about 1 %
     short = schedule_shrink(sl_start=3, sl_end=11, steps_per_epoch=45, lr_at=lambda t: 0.1 if t < 9 else 0.02,
                             reg=1e-4, reg_delta=1e-4, reg_interval=1)
@@ -283,7 +284,8 @@ def test_trainer_measures_the_prune_shock_right_around_the_prune() -> None:
     res = train(model, train_loader, test_loader, epochs=5, pruner=pruner, progress=False, seed=0)
     rec = next(h for h in res.history if h.pruned_now)
     assert (res.acc_before_prune, res.acc_after_prune) == (seen["before"], seen["after"])
-    assert (rec.acc_before_prune, rec.acc_after_prune) == (seen["before"], seen["after"]) and rec.test_acc == seen["after"]
+    assert (rec.acc_before_prune, rec.acc_after_prune) == (seen["before"], seen["after"])
+    assert rec.test_acc == seen["after"]
     assert res.prune_shock == pytest.approx(seen["before"] - seen["after"])
     assert res.removed_norm_share == rec.removed_norm_share and 0 <= rec.removed_norm_share < 1e-3
     assert res.shrink_at_prune == rec.shrink > 1
