@@ -20,7 +20,9 @@
   - ``prune_epoch``: the 0-based epoch at whose end the model was pruned;
   - ``accuracy``: ``final`` and ``dense_final`` (percent), ``difference`` (points),
     ``before_prune`` / ``after_prune`` (percent, evaluated right before and right after the
-    physical prune when the trainer records them) and ``prune_shock`` (their difference, points);
+    physical prune, no training between), ``prune_shock`` (their difference, points) and
+    ``removed_norm_share`` (share of the squared weight norm the removed channels still held
+    right before the prune, 0..1: why the shock is what it is);
   - ``cost``: ``dense_macs`` / ``pruned_macs`` (per sample), ``dense_params`` /
     ``pruned_params``, both reductions (fractions) and ``groups``: per channel group its
     ``name``, ``dense`` and ``kept`` channel counts;
@@ -64,10 +66,11 @@ REPORT_FILE = "report.json"
 MODEL_FILE = "model.pt"
 DENSE_MODEL_FILE = "dense_model.pt"
 
-# The prune-shock figures, read from the trainer's result (or the prune epoch's record) when it
-# records them: accuracy right before / right after the physical prune, in percent.
+# The prune-shock figures, read from the trainer's result (or the prune epoch's record): accuracy
+# right before / right after the physical prune (percent) and the weight-norm share removed.
 _BEFORE_PRUNE = "acc_before_prune"
 _AFTER_PRUNE = "acc_after_prune"
+_REMOVED_SHARE = "removed_norm_share"
 
 
 def _jsonable(x: Any) -> Any:
@@ -155,6 +158,7 @@ def _accuracy(pruned: "TrainResult", dense: Optional["TrainResult"]) -> dict[str
         "before_prune": before,
         "after_prune": after,
         "prune_shock": before - after if before is not None and after is not None else None,
+        "removed_norm_share": _shock_figure(pruned, _REMOVED_SHARE),
     }
 
 

@@ -203,4 +203,4 @@ def test_readme_profiler_block_shows_the_ranges(capsys) -> None:
         torch.set_num_threads(n)
     keys = {e.key for e in ns["prof"].key_averages()}
     assert {"oneprune::before_step", "oneprune::after_step", "oneprune::epoch_start", "oneprune::search"} <= keys
-    assert "oneprune::before_step" in capsys.readouterr().out  # the printed table has the pruner's rows
+    assert "oneprune::" in capsys.readouterr().out  # the printed table has the pruner's rows among the top

@@ -64,11 +64,14 @@ def test_report_has_every_field(run_dir: Path) -> None:
     assert phases[0] == "dense" and "sparsity" in phases and phases[-1] == "pruned"
     assert 0.5 <= rep["history"][2]["reduction"] < 0.7  # the chosen sub-network's (whole channels: overshoots)
     assert rep["history"][2]["reg"] > 0 and rep["history"][2]["hook_seconds"]["after_step"] > 0
-    # prune epoch, accuracies (before / after the prune: filled once the trainer records them)
+    # prune epoch, accuracies (right before / after the prune: the prune shock)
     pe = rep["prune_epoch"]
     assert pe is not None and pe <= 3 and rep["history"][pe]["pruned_now"]
     acc = rep["accuracy"]
-    assert set(acc) == {"final", "dense_final", "difference", "before_prune", "after_prune", "prune_shock"}
+    assert set(acc) == {"final", "dense_final", "difference", "before_prune", "after_prune", "prune_shock",
+                        "removed_norm_share"}
+    assert acc["prune_shock"] == pytest.approx(acc["before_prune"] - acc["after_prune"])
+    assert 0 <= acc["removed_norm_share"] < 1
     assert acc["final"] == rep["history"][-1]["test_acc"]
     assert acc["dense_final"] == rep["dense_history"][-1]["test_acc"]
     assert acc["difference"] == pytest.approx(acc["final"] - acc["dense_final"])
