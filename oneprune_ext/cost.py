@@ -35,7 +35,7 @@ import torch.nn as nn
 from torch import fx
 from torch.utils.flop_counter import FlopCounterMode
 
-from .graph import UnsupportedOpError, trace_graph
+from .graph import UnsupportedOpError, evaluating, run_graph, trace_graph
 from .groups import ChannelGroups
 from .registry import CostCall, CostTerm, function_entry, method_entry, module_entry
 
@@ -140,50 +140,40 @@ def _run_counted(model: nn.Module, inputs: tuple, shapes: dict[str, tuple[int, .
         graph, _ = trace_graph(model)
     except UnsupportedOpError:
         graph = None
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            if graph is not None:
-                _CountingInterpreter(model, graph, fc, account).run(*inputs)
-            else:
-                _count_with_hooks(model, inputs, fc, account)
-    finally:
-        for m, t in flags:
-            m.training = t
+    modules = dict(model.named_modules())
+    with evaluating(modules.values()), torch.no_grad(), FlopCounterMode(display=False) as fc:
+        if graph is not None:
+            _count_graph(model, graph, inputs, modules, fc, account)
+        else:
+            _count_with_hooks(model, inputs, fc, account)
     return terms, other[0], mismatched
 
 
-class _CountingInterpreter(fx.Interpreter):
-    """Runs the traced graph, attributing the counter's FLOPs to each node."""
+def _count_graph(model: nn.Module, graph: fx.Graph, inputs: tuple, modules: dict[str, nn.Module],
+                 fc: FlopCounterMode, account: Any) -> None:
+    """Run the traced graph, attributing the counter's FLOPs to each node."""
+    last = [fc.get_total_flops()]
 
-    def __init__(self, model: nn.Module, graph: fx.Graph, fc: FlopCounterMode, account: Any) -> None:
-        super().__init__(model, graph=graph)
-        self.fc = fc
-        self.account = account
-
-    def run_node(self, n: fx.Node) -> Any:
-        before = self.fc.get_total_flops()
-        out = super().run_node(n)
-        flops = self.fc.get_total_flops() - before
+    def after(n: fx.Node, out: Any, args: tuple, kwargs: dict) -> None:
+        now = fc.get_total_flops()
+        flops, last[0] = now - last[0], now
         module = None
         if n.op == "call_module":
-            module = self.submodules[n.target]
+            module = modules[n.target]
             entry = module_entry(module)
         elif n.op == "call_function":
             entry = function_entry(n.target)
         elif n.op == "call_method":
             entry = method_entry(n.target)
+            args = args[1:]
         else:
             entry = None
         if entry is not None and entry.cost is not None:
-            args, kwargs = self.fetch_args_kwargs_from_env(n)
-            if n.op == "call_method":
-                args = args[1:]
-            self.account(entry, module, str(n.target) if module is not None else n.name, args, kwargs, out, flops)
+            account(entry, module, str(n.target) if module is not None else n.name, args, kwargs, out, flops)
         elif flops:
-            self.account(None, None, n.name, (), {}, out, flops)
-        return out
+            account(None, None, n.name, (), {}, out, flops)
+
+    run_graph(model, graph, inputs, modules, after)
 
 
 def _count_with_hooks(model: nn.Module, inputs: tuple, fc: FlopCounterMode, account: Any) -> None:
@@ -201,7 +191,7 @@ def _count_with_hooks(model: nn.Module, inputs: tuple, fc: FlopCounterMode, acco
         account(module_entry(mod), mod, names[mod], args, kwargs, out, flops)
 
     handles = []
-    for m in names:
+    for m in names:  # (leaf modules with a cost rule)
         e = module_entry(m)
         if e is not None and e.cost is not None and not any(
                 module_entry(c) is not None and module_entry(c).cost is not None for c in m.children()):

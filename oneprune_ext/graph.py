@@ -38,8 +38,8 @@ from torch import fx
 from torch.fx.node import map_aggregate, map_arg
 
 from .groups import ChannelGroups
-from .propagation import OPAQUE, Call, ChannelInfo, FrozenPlace, ParamRef, Propagation, SizeRef, TMeta, visit_infos
-from .registry import function_entry, method_entry, module_entry, size_attr_sites
+from .propagation import OPAQUE, Call, ChannelInfo, FrozenPlace, ParamRef, Propagation, SizeRef, TMeta
+from .registry import function_entry, is_registered_leaf, method_entry, module_entry, size_attr_sites
 
 __all__ = [
     "trace_groups",
@@ -147,7 +147,7 @@ class _Tracer(fx.Tracer):
         self.failed: nn.Module | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return m in self.leaves or super().is_leaf_module(m, module_qualified_name)
+        return m in self.leaves or is_registered_leaf(m) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         try:
@@ -159,7 +159,7 @@ class _Tracer(fx.Tracer):
 
 
 def _fx_leaf(m: nn.Module) -> bool:
-    return fx.Tracer().is_leaf_module(m, "")
+    return is_registered_leaf(m) or fx.Tracer().is_leaf_module(m, "")
 
 
 def trace_graph(model: nn.Module, leaves: Iterable[nn.Module] = ()) -> tuple[fx.Graph, dict[nn.Module, str]]:
@@ -169,7 +169,7 @@ def trace_graph(model: nn.Module, leaves: Iterable[nn.Module] = ()) -> tuple[fx.
     """
     extra = set(leaves)
     untraceable: dict[nn.Module, str] = {}
-    for _ in range(len(list(model.modules())) + 1):
+    for _ in range(1000):
         tracer = _Tracer(extra)
         try:
             return tracer.trace(model), untraceable
@@ -185,31 +185,96 @@ def trace_graph(model: nn.Module, leaves: Iterable[nn.Module] = ()) -> tuple[fx.
     raise UnsupportedOpError(f"trace_groups: torch.fx could not trace {type(model).__name__}")
 
 
-class _ShapeRecorder(fx.Interpreter):
-    """Runs the traced graph once and keeps only shapes / non-tensor values."""
-
-    def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
-        super().__init__(model, graph=graph)
-        self.meta: dict[fx.Node, Any] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        result = super().run_node(n)
-        self.meta[n] = map_aggregate(
-            result, lambda v: TMeta(tuple(v.shape)) if isinstance(v, torch.Tensor) else v)
-        return result
+def _fetch(model: nn.Module, target: str) -> Any:
+    obj: Any = model
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
-def _record_shapes(model: nn.Module, graph: fx.Graph, inputs: tuple) -> dict[fx.Node, Any]:
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            rec = _ShapeRecorder(model, graph)
-            rec.run(*inputs)
-    finally:
-        for m, t in flags:
+def run_graph(model: nn.Module, graph: fx.Graph, inputs: tuple, modules: dict[str, nn.Module],
+              after: Any = None) -> Any:
+    """Run ``graph`` on ``inputs`` (a lean ``fx.Interpreter``): values are freed after their last
+    use, and ``after(node, value, args, kwargs)`` is called after every node (``args`` /
+    ``kwargs``: the call's actual arguments, the tensor first for a method; empty for
+    placeholders and attributes).  Returns the graph's output."""
+    last_use: dict[fx.Node, list[fx.Node]] = {}
+    seen: set[fx.Node] = set()
+    for node in reversed(graph.nodes):
+        for n in node.all_input_nodes:
+            if n not in seen:
+                seen.add(n)
+                last_use.setdefault(node, []).append(n)
+    env: dict[fx.Node, Any] = {}
+    load = env.__getitem__
+    it = iter(inputs)
+    for node in graph.nodes:
+        op = node.op
+        args, kwargs = (), {}
+        if op == "placeholder":
+            try:
+                value = next(it)
+            except StopIteration:
+                value = node.args[0] if node.args else None  # a default argument
+        elif op == "get_attr":
+            value = _fetch(model, node.target)
+        elif op == "output":
+            return map_arg(node.args[0], load)
+        else:
+            args = map_arg(node.args, load)
+            kwargs = map_arg(node.kwargs, load)
+            if op == "call_function":
+                value = node.target(*args, **kwargs)
+            elif op == "call_method":
+                value = getattr(args[0], node.target)(*args[1:], **kwargs)
+            else:
+                value = modules[node.target](*args, **kwargs)
+        env[node] = value
+        if after is not None:
+            after(node, value, args, kwargs)
+        for n in last_use.get(node, ()):
+            env.pop(n, None)
+    return None
+
+
+def _to_meta(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return TMeta(tuple(v.shape))
+    if isinstance(v, (tuple, list)):
+        return type(v)(_to_meta(x) for x in v) if not hasattr(v, "_fields") else tuple(_to_meta(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _to_meta(x) for k, x in v.items()}
+    return v
+
+
+def _record_shapes(model: nn.Module, graph: fx.Graph, inputs: tuple,
+                   modules: dict[str, nn.Module]) -> dict[fx.Node, Any]:
+    """Every node's output shape (and non-tensor values), from one run of the graph in eval
+    mode under ``torch.no_grad()`` (train / eval flags are restored)."""
+    meta: dict[fx.Node, Any] = {}
+
+    def keep(node: fx.Node, value: Any, args: Any, kwargs: Any) -> None:
+        meta[node] = _to_meta(value)
+
+    with evaluating(modules.values()), torch.no_grad():
+        run_graph(model, graph, inputs, modules, keep)
+    return meta
+
+
+class evaluating:
+    """Context manager: modules in eval mode inside, their own train / eval flags restored after."""
+
+    def __init__(self, modules: Iterable[nn.Module]) -> None:
+        self.modules = list(modules)
+
+    def __enter__(self) -> None:
+        self.flags = [(m, m.training) for m in self.modules if m.training]
+        for m, _ in self.flags:
+            m.training = False
+
+    def __exit__(self, *exc: Any) -> None:
+        for m, t in self.flags:
             m.training = t
-    return rec.meta
 
 
 # ----------------------------------------------------------------------------------
@@ -227,17 +292,6 @@ def _has_tensor(val: Any) -> bool:
     return False
 
 
-def _has_channels(x: Any) -> bool:
-    found = [False]
-
-    def take(v: Any) -> None:
-        if isinstance(v, ParamRef) or v.dim is not None:
-            found[0] = True
-
-    visit_infos(x, take)
-    return found[0]
-
-
 _ARITHMETIC = {
     operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.mod,
     operator.pow, operator.neg, operator.pos, operator.eq, operator.ne, operator.lt, operator.le,
@@ -245,17 +299,47 @@ _ARITHMETIC = {
 }
 
 
-def _op_name(node: fx.Node, module: nn.Module | None) -> str:
+def describe(node: fx.Node, module: nn.Module | None) -> tuple[str, str]:
+    """(op name, place) of a node, for reports: ``('Tensor.view', "node 'view' in 'stage2.0'")``."""
     if module is not None:
-        return type(module).__name__
+        return type(module).__name__, f"module '{node.target}'"
     if node.op == "call_method":
-        return f"Tensor.{node.target}"
-    mod = getattr(node.target, "__module__", "") or ""
-    name = f"{mod + '.' if mod else ''}{getattr(node.target, '__name__', str(node.target))}"
-    for prefix, short in (("torch._VariableFunctionsClass.", "torch."), ("torch._C._VariableFunctions.", "torch."),
-                          ("_operator.", "operator."), ("builtins.", "")):
-        name = name.replace(prefix, short)
-    return name
+        name = f"Tensor.{node.target}"
+    else:
+        mod = getattr(node.target, "__module__", "") or ""
+        name = f"{mod + '.' if mod else ''}{getattr(node.target, '__name__', str(node.target))}"
+        for prefix, short in (("torch._VariableFunctionsClass.", "torch."), ("torch._C._VariableFunctions.", "torch."),
+                              ("_operator.", "operator."), ("builtins.", "")):
+            name = name.replace(prefix, short)
+    stack = node.meta.get("nn_module_stack")
+    inside = f" in '{list(stack.values())[-1][0]}'" if stack else ""
+    return name, f"node '{node.name}'{inside}"
+
+
+_CHANNELS, _PARAMS, _SIZES = 1, 2, 4
+
+
+def _scan(x: Any) -> int:
+    """Bit flags: the structure holds channel infos / parameter refs / channel-count sizes."""
+    if isinstance(x, ChannelInfo):
+        return _CHANNELS if x.dim is not None else 0
+    if isinstance(x, ParamRef):
+        return _PARAMS
+    if isinstance(x, SizeRef):
+        return _SIZES
+    if isinstance(x, (tuple, list)):
+        f = 0
+        for v in x:
+            f |= _scan(v)
+        return f
+    if isinstance(x, dict):
+        f = 0
+        for v in x.values():
+            f |= _scan(v)
+        return f
+    if isinstance(x, slice):
+        return _scan((x.start, x.stop, x.step))
+    return 0
 
 
 def _collect_sizes(x: Any, out: list) -> None:
@@ -300,18 +384,17 @@ def _without_params(x: Any) -> tuple[Any, list[ParamRef]]:
 class _Walk:
     """One walk over the graph (repeated when sources must be created in pieces)."""
 
-    def __init__(self, model: nn.Module, graph: fx.Graph, meta: dict[fx.Node, Any],
-                 ignored: set[nn.Module], untraceable: dict[nn.Module, str],
-                 plan: dict[tuple[str, int], tuple[int, ...]], saliency_params: str,
-                 sizes: dict[str, list]) -> None:
+    def __init__(self, graph: fx.Graph, meta: dict[fx.Node, Any], ignored: set[nn.Module],
+                 untraceable: dict[nn.Module, str], plan: dict[tuple[str, int], tuple[int, ...]],
+                 saliency_params: str, sizes: dict[str, list], modules: dict[str, nn.Module],
+                 tensors: dict[str, tuple[tuple[int, ...], bool]]) -> None:
         self.graph = graph
         self.meta = meta
         self.ignored = ignored
         self.untraceable = untraceable
-        self.modules = dict(model.named_modules())
-        self.params = {n: (tuple(p.shape), False) for n, p in model.named_parameters()}
-        self.params.update({n: (tuple(b.shape), True) for n, b in model.named_buffers()})
-        self.ctx = Propagation(plan, saliency_params, self.modules, sizes)
+        self.modules = modules
+        self.params = tensors
+        self.ctx = Propagation(plan, saliency_params, modules, sizes, describe)
 
     def run(self) -> Propagation:
         ctx = self.ctx
@@ -367,7 +450,7 @@ class _Walk:
             return None
         if op == "call_function" and target in _ARITHMETIC:
             return SizeRef(tuple(i for r in refs for i in r.infos), exact=False)
-        self.ctx.begin(node, _op_name(node, None), f"node '{node.name}'", True)
+        self.ctx.begin(node, None, True)
         self.ctx.unsupported(refs, "a size computed from a prunable channel count is used by an op "
                                    "the tracer does not follow")
         return None
@@ -381,20 +464,15 @@ class _Walk:
     def visit(self, node: fx.Node, val: Any, iargs: Any, ikwargs: Any) -> Any:
         ctx = self.ctx
         module = None
+        found = _scan((iargs, ikwargs))
         if node.op == "call_module":
             module = self.modules[node.target]
             entry = None if module in self.untraceable else module_entry(module)
-            opname = _op_name(node, module)
-            where = f"module '{node.target}'"
         else:
-            entry = method_entry(node.target) if node.op == "call_method" else function_entry(node.target)
-            opname = _op_name(node, None)
-            stack = node.meta.get("nn_module_stack")
-            inside = f" in '{list(stack.values())[-1][0]}'" if stack else ""
-            where = f"node '{node.name}'{inside}"
-            if not _has_channels((iargs, ikwargs)) and node.target is not operator.getitem:
+            if not found and node.target is not operator.getitem:
                 return OPAQUE if isinstance(val, TMeta) else ctx.opaque_like(val)
-        ctx.begin(node, opname, where, entry.weights_counted(module) if entry is not None else True)
+            entry = method_entry(node.target) if node.op == "call_method" else function_entry(node.target)
+        ctx.begin(node, module, entry.weights_counted(module) if entry is not None else True)
         ctx.quiet = module is not None and module in self.ignored
         if module is not None and module in self.untraceable:
             ctx.unsupported((iargs, ikwargs), self.untraceable[module])
@@ -404,21 +482,20 @@ class _Walk:
             return ctx.opaque_like(val)
         if entry is None or entry.couple is None:
             what = "module type" if module is not None else "op"
-            ctx.unsupported((iargs, ikwargs), f"{what} '{opname}' is not understood by the tracer")
+            ctx.unsupported((iargs, ikwargs), f"{what} '{describe(node, module)[0]}' is not understood by the tracer")
             return ctx.opaque_like(val)
-        if not entry.handles_params:
+        if found & _PARAMS and not entry.handles_params:
             (iargs, ikwargs), refs = _without_params((iargs, ikwargs))
-            if refs:
-                ctx.unsupported(refs, "a parameter used directly by an op that does not slice it")
-        if not entry.handles_sizes:
+            ctx.unsupported(refs, "a parameter used directly by an op that does not slice it")
+        if found & _SIZES and not entry.handles_sizes:
             sizes: list[SizeRef] = []
             _collect_sizes((iargs, ikwargs), sizes)
-            if sizes:
-                ctx.unsupported(sizes, "a size computed from a prunable channel count is passed to it")
-                (iargs, ikwargs) = _without_sizes((iargs, ikwargs))
-        args = map_arg(node.args, lambda n: self.meta.get(n))
-        kwargs = map_arg(node.kwargs, lambda n: self.meta.get(n))
-        call = Call(node, opname, module, node.target if module is not None else "", tuple(args), dict(kwargs),
+            ctx.unsupported(sizes, "a size computed from a prunable channel count is passed to it")
+            (iargs, ikwargs) = _without_sizes((iargs, ikwargs))
+        meta = self.meta
+        args = map_arg(node.args, meta.get)
+        kwargs = map_arg(node.kwargs, meta.get)
+        call = Call(node, module, node.target if module is not None else "", tuple(args), dict(kwargs),
                     tuple(iargs), dict(ikwargs), val)
         out = entry.couple(ctx, call)
         if module is not None and module in self.ignored:
@@ -437,12 +514,15 @@ class _Walk:
 
 
 def _run_walks(model: nn.Module, graph: fx.Graph, meta: dict[fx.Node, Any], ignored: set[nn.Module],
-               untraceable: dict[nn.Module, str], saliency_params: str) -> Propagation:
+               untraceable: dict[nn.Module, str], saliency_params: str,
+               modules: dict[str, nn.Module]) -> Propagation:
     plan: dict[tuple[str, int], tuple[int, ...]] = {}
-    sizes = size_attr_sites(model)
+    sizes = size_attr_sites(modules)
+    tensors = {n: (tuple(p.shape), False) for n, p in model.named_parameters()}
+    tensors.update({n: (tuple(b.shape), True) for n, b in model.named_buffers()})
     ctx = None
     for _ in range(_MAX_WALKS):
-        ctx = _Walk(model, graph, meta, ignored, untraceable, plan, saliency_params, sizes).run()
+        ctx = _Walk(graph, meta, ignored, untraceable, plan, saliency_params, sizes, modules, tensors).run()
         if not ctx.new_cuts:
             break
         for key, cuts in ctx.new_cuts.items():
@@ -458,7 +538,7 @@ def _validate(model: nn.Module, ignored_layers: Iterable[nn.Module], on_unsuppor
     if saliency_params not in ("published", "all"):
         raise ValueError(f"trace_groups: saliency_params must be 'published' or 'all', got {saliency_params!r}")
     ignored = set(ignored_layers)
-    all_modules = set(model.modules())
+    all_modules = set(model.modules()) if ignored else set()
     for m in ignored:
         if not isinstance(m, nn.Module) or m not in all_modules:
             raise ValueError(f"trace_groups: ignored_layers entry {type(m).__name__} is not a submodule of the model")
@@ -482,8 +562,9 @@ def trace_report(
                    or not _fx_leaf(m)}
     graph, untraceable = trace_graph(model, black_boxes)
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    meta = _record_shapes(model, graph, inputs)
-    ctx = _run_walks(model, graph, meta, ignored, untraceable, saliency_params)
+    modules = dict(model.named_modules())
+    meta = _record_shapes(model, graph, inputs, modules)
+    ctx = _run_walks(model, graph, meta, ignored, untraceable, saliency_params, modules)
     ctx.resolve_shared_slices()
     frozen = [p for p in ctx.frozen_places() if p.frozen]
     return TraceReport(ChannelGroups(ctx.groups()), frozen)

@@ -151,7 +151,6 @@ class Call:
 
     Attributes:
         node: the fx node.
-        op: readable name of the module type / function (for messages).
         module: the module for ``call_module`` nodes, else ``None``.
         module_name: its qualified name ('' for functions and methods).
         args, kwargs: the node's arguments with tensors replaced by :class:`TMeta` and other
@@ -162,7 +161,6 @@ class Call:
     """
 
     node: fx.Node
-    op: str
     module: nn.Module | None
     module_name: str
     args: tuple
@@ -239,8 +237,10 @@ class Propagation:
 
     def __init__(self, plan: dict[tuple[str, int], tuple[int, ...]], saliency_params: str,
                  modules: dict[str, nn.Module],
-                 size_attr_sites: dict[str, list[tuple[str, Any, str, int]]]) -> None:
+                 size_attr_sites: dict[str, list[tuple[str, Any, str, int]]],
+                 describe: Callable[[fx.Node, Any], tuple[str, str]]) -> None:
         self.plan = plan
+        self.describe = describe
         self.saliency_params = saliency_params
         self.modules = modules
         self.size_attr_sites = size_attr_sites
@@ -255,18 +255,16 @@ class Propagation:
         self.places: list[_Place] = []
         # current node (set by the tracer before each rule runs)
         self.node: fx.Node | None = None
-        self.op = ""
-        self.where = ""
+        self.module: nn.Module | None = None
         self.weights_counted = True  # whether the current entry's weights count in the saliency
         self.quiet = False  # inside an ignored module: keep fixed without reporting
         self._creations = 0
 
     # ------------------------------------------------------------------ per node
-    def begin(self, node: fx.Node, op: str, where: str, weights_counted: bool) -> None:
+    def begin(self, node: fx.Node, module: nn.Module | None, weights_counted: bool) -> None:
         """Called by the tracer before a node's coupling rule."""
         self.node = node
-        self.op = op
-        self.where = where
+        self.module = module
         self.weights_counted = weights_counted or self.saliency_params == "all"
         self.quiet = False
         self._creations = 0
@@ -518,7 +516,8 @@ class Propagation:
         if self.quiet:
             self.fix(x)
             return OPAQUE
-        self.places.append(_Place(self.node, self.op, self.where, reason, self.sources_of(x), tuple(params)))
+        op, where = self.describe(self.node, self.module)
+        self.places.append(_Place(self.node, op, where, reason, self.sources_of(x), tuple(params)))
         return OPAQUE
 
     def opaque_like(self, val: Any) -> Any:
@@ -570,38 +569,33 @@ class Propagation:
                             self.fixed[ra] = self.fixed[rb] = True
                         changed = True
 
-    def group_label(self, root: int) -> str:
-        members = [s for s in range(len(self.width)) if self.find(s) == root]
-        return self.producer[min(members)] if members else self.producer[root]
-
     def frozen_places(self) -> list[FrozenPlace]:
-        """Every unsupported place with the groups it keeps fixed; then keeps them fixed."""
+        """Every unsupported place with the groups it keeps fixed; then keeps them fixed.
+
+        Each group is attributed to the first place (in graph order) that needs it fixed, so
+        the report lists every frozen group once; places that freeze nothing new list none.
+        """
         by_param: dict[str, list[int]] = {}
         for s, raws in enumerate(self.raw):
             for r in raws:
                 by_param.setdefault(r.name, []).append(s)
-        labels: dict[int, str] = {}
         first: dict[int, int] = {}
         for s in range(len(self.width)):
             first.setdefault(self.find(s), s)
         out: list[FrozenPlace] = []
-        live_per_place: list[set[int]] = []
+        taken: set[int] = set()
+        frozen: set[int] = set()
         for p in self.places:
             srcs = list(p.sources)
             for name in p.params:
                 srcs.extend(by_param.get(name, ()))
             live = {self.find(s) for s in srcs if not self.fixed[self.find(s)]}
-            live_per_place.append(live)
-        for p, live in zip(self.places, live_per_place):
-            names = []
-            for r in sorted(live, key=lambda r: first[r]):
-                if r not in labels:
-                    labels[r] = self.producer[first[r]]
-                names.append(labels[r])
-            out.append(FrozenPlace(p.op, p.where, p.reason, tuple(names)))
-        for live in live_per_place:
-            for r in live:
-                self.fixed[r] = True
+            frozen |= live
+            new = sorted(live - taken, key=lambda r: first[r])
+            taken |= live
+            out.append(FrozenPlace(p.op, p.where, p.reason, tuple(self.producer[first[r]] for r in new)))
+        for r in frozen:
+            self.fixed[r] = True
         return out
 
     def groups(self) -> list[ChannelGroup]:
@@ -617,20 +611,30 @@ class Propagation:
             e = self.eff[r]
             if e == 1 and any(self.width[s] > 1 for s in srcs):
                 continue  # one position per conv group / head: nothing can be removed
-            seen: set[Slice] = set()
-            sl: list[Slice] = []
+            seen: set[tuple] = set()
+            keys: list[tuple] = []
             for s in srcs:
                 fold = self.width[s] // e
-                for raw in self.raw[s]:
-                    for k in range(fold // raw.rep):
-                        x = Slice(raw.name, raw.dim, raw.offset + k * e * raw.block, raw.block,
-                                  raw.is_buffer, raw.in_norm)
-                        if x not in seen:
-                            seen.add(x)
-                            sl.append(x)
-            if sl:
-                out.append(ChannelGroup(size=e, slices=tuple(sl), name=self.producer[srcs[0]]))
+                for name, dim, offset, block, is_buffer, in_norm, rep in self.raw[s]:
+                    step = e * block
+                    for k in range(fold // rep):
+                        key = (name, dim, offset + k * step, block, is_buffer, in_norm)
+                        if key not in seen:
+                            seen.add(key)
+                            keys.append(key)
+            if keys:
+                out.append(ChannelGroup(size=e, slices=tuple(map(_slice, keys)), name=self.producer[srcs[0]]))
         return out
+
+
+_SLICE_FIELDS = ("name", "dim", "offset", "block", "is_buffer", "in_norm")
+
+
+def _slice(key: tuple) -> Slice:
+    """``Slice(*key)`` without the frozen dataclass's per-field ``__init__`` (thousands per trace)."""
+    s = object.__new__(Slice)
+    s.__dict__.update(zip(_SLICE_FIELDS, key))
+    return s
 
 
 def visit_infos(x: Any, fn: Callable[[Any], None]) -> None:

@@ -26,9 +26,12 @@ parameters) and :mod:`oneprune_ext.tensor_ops` (parameter-free tensor ops).
 Lookup: a module's entry is the one registered for the nearest class in its MRO (so
 ``LayerNorm2d`` uses the ``nn.LayerNorm`` entry); classes and functions of optional
 packages (torchvision) are registered by qualified name, so nothing is imported for them.
-A module only meets its coupling rule when ``torch.fx`` keeps it as a leaf (modules of
-``torch.nn``); other modules are traced through, and their entries only update attributes,
-record structure and count cost.
+A module meets its coupling rule when the tracer keeps it as one node: modules of
+``torch.nn`` (``torch.fx``'s leaves) and modules whose own class is registered with a
+coupling rule.  Other modules (e.g. torchvision's ``LayerNorm2d``, a subclass of
+``nn.LayerNorm`` with its own ``forward``) are traced through into the functions they call;
+their entries (found through the class hierarchy) still update attributes, record structure
+and count cost.
 
 Adding a layer type
 -------------------
@@ -49,9 +52,9 @@ One entry plus a test.  For a module ``Scale`` holding a per-channel ``weight`` 
         update_attrs=lambda m: setattr(m, "num_features", m.weight.shape[0]),
         record_attrs=("num_features",)))
 
-(If ``Scale`` is not in ``torch.nn``, also make ``torch.fx`` keep it as a leaf, e.g. with
-``torch.fx.wrap`` on a function it calls, or register the function instead.)  The test
-traces a small model using it, prunes half of every group with
+Registering the class makes the tracer keep ``Scale`` as one node.  A plain function
+(``torch.fx.wrap``-ed, so that it shows as one node) is registered the same way with
+:func:`register_function`.  The test traces a small model using it, prunes half of every group with
 :func:`oneprune_ext.prune_channels` and checks the output equals the dense model with the
 removed channels zeroed, and that :class:`oneprune_ext.CostModel` matches
 ``FlopCounterMode`` (see ``python_tests/test_registry.py``).
@@ -76,6 +79,7 @@ __all__ = [
     "register_function",
     "register_method",
     "module_entry",
+    "is_registered_leaf",
     "function_entry",
     "method_entry",
     "update_module_attrs",
@@ -230,6 +234,14 @@ def module_entry(m: nn.Module | type) -> LayerEntry | None:
     return found
 
 
+def is_registered_leaf(m: nn.Module) -> bool:
+    """Whether ``m``'s own class (not a base class) is registered with a coupling rule: the
+    tracer then keeps it as one node instead of tracing into its ``forward``."""
+    cls = type(m)
+    e = _MODULES.get(cls) or _MODULES.get(_qualname(cls))
+    return e is not None and e.couple is not None
+
+
 def function_entry(fn: Any) -> LayerEntry | None:
     """The entry of a function called in the graph, or ``None``."""
     try:
@@ -301,11 +313,12 @@ def restore_attrs(m: nn.Module, attrs: Mapping[str, Any]) -> None:
         setattr(m, a, tuple(int(x) for x in v) if isinstance(v, (list, tuple)) else int(v))
 
 
-def size_attr_sites(model: nn.Module) -> dict[str, list[tuple[str, Any, str, int]]]:
-    """Per qualified module name: ``(attribute, module, tensor qualified name, dim)`` of its
-    ``size_attrs`` (what the tracer accepts as literal channel counts)."""
+def size_attr_sites(modules: Mapping[str, nn.Module]) -> dict[str, list[tuple[str, Any, str, int]]]:
+    """Per qualified module name (of ``dict(model.named_modules())``): ``(attribute, module,
+    tensor qualified name, dim)`` of its ``size_attrs`` (what the tracer accepts as literal
+    channel counts)."""
     out: dict[str, list[tuple[str, Any, str, int]]] = {}
-    for mname, m in model.named_modules():
+    for mname, m in modules.items():
         e = module_entry(m)
         if e is None or not e.size_attrs:
             continue

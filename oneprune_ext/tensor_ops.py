@@ -246,9 +246,10 @@ def _couple_reshape(ctx: Propagation, call: Call) -> Any:
         return ctx.opaque_like(out)
     found = _reshape_dim(xm.shape, out.shape, x.dim)
     if found is None:
+        ctx.unsupported(x, f"reshape {tuple(xm.shape)} -> {tuple(out.shape)} splits or mixes the "
+                           "channel dim (e.g. a channel shuffle)")
         _sizes_ok(ctx, call, OPAQUE, -1)
-        return ctx.unsupported(x, f"reshape {tuple(xm.shape)} -> {tuple(out.shape)} splits or mixes the "
-                                  "channel dim (e.g. a channel shuffle)")
+        return OPAQUE
     k, mult = found
     if not _sizes_ok(ctx, call, x, k):
         return ctx.unsupported(x, f"reshape to {tuple(out.shape)} gives the channel dim a size "

@@ -113,16 +113,17 @@ def zero_removed(model: nn.Module, groups: ChannelGroups, keep: dict[int, list[i
     the kept head width (the two places where a removed channel's zeros would still count).
     """
     params = dict(model.named_parameters())
+    removed: dict[tuple[str, int], list[int]] = {}
+    for gi, kept in keep.items():
+        g = groups[gi]
+        drop = sorted(set(range(g.size)) - set(kept))
+        for s in g.slices:
+            if not s.is_buffer and s.name in params:
+                removed.setdefault((s.name, s.dim), []).extend(s.indices(drop))
     with torch.no_grad():
-        for gi, kept in keep.items():
-            g = groups[gi]
-            drop = sorted(set(range(g.size)) - set(kept))
-            for s in g.slices:
-                if s.is_buffer or s.name not in params:
-                    continue
-                idx = torch.tensor(s.indices(drop), dtype=torch.long)
-                if len(idx):
-                    params[s.name].index_fill_(s.dim, idx, 0.0)
+        for (name, dim), idx in removed.items():
+            if idx:
+                params[name].index_fill_(dim, torch.tensor(idx, dtype=torch.long), 0.0)
     _rescale_queries(model)
     forward = model.forward
 

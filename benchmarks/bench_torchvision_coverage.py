@@ -1,0 +1,70 @@
+"""All 80 torchvision classifiers: trace, prune half of every group, exact; Torch-Pruning's group counts.
+
+Run (slow: tens of minutes on a 2-core CPU, several GB of memory for the largest models)::
+
+    .venv/bin/python -m pytest benchmarks/bench_torchvision_coverage.py -q -s
+
+Every model must trace with default settings on CPU at a small input, prune a random half of
+every group, equal the masked dense model and count MACs exactly (the checks of
+``python_tests/_torchvision_cases.py``; ``make test`` runs one model per family).  Torch-Pruning
+(a benchmark-only dependency) counts its groups on the same models; on ResNeXt and RegNet ours
+must be within 10 % of its count.  The last test prints the per-family coverage table of the
+README.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python_tests"))
+
+import _torchvision_cases as tv  # noqa: E402
+
+_outcomes: dict[str, tv.Outcome] = {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", tv.ALL)
+def test_model(name: str) -> None:
+    try:
+        import torch_pruning  # noqa: F401
+        with_tp = True
+    except ImportError:
+        with_tp = False
+    out = tv.check(name, with_torch_pruning=with_tp)
+    _outcomes[name] = out
+    if name in tv.TP_COMPARED and out.tp_groups is not None:
+        assert abs(out.groups - out.tp_groups) <= 0.1 * out.tp_groups, (name, out.groups, out.tp_groups)
+
+
+def _span(values: list[int]) -> str:
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+@pytest.mark.slow
+def test_coverage_table() -> None:
+    if not _outcomes:
+        pytest.skip("no model ran")
+    lines = ["", "| family | models | groups found | Torch-Pruning groups | kept fixed (why) |",
+             "| --- | ---: | ---: | ---: | --- |"]
+    for family, names in tv.FAMILIES.items():
+        outs = [_outcomes[n] for n in names if n in _outcomes]
+        if not outs:
+            continue
+        tps = [o.tp_groups for o in outs if o.tp_groups is not None]
+        reasons = sorted({r for o in outs for r in o.reasons})
+        frozen = max(len(o.frozen) for o in outs)
+        why = "nothing" if not frozen else f"up to {frozen} groups: " + "; ".join(reasons)
+        lines.append(f"| {family} | {len(outs)} | {_span([o.groups for o in outs])} | "
+                     f"{_span(tps) if tps else 'n/a'} | {why} |")
+    lines.append("")
+    lines.append("| model | groups | channels | TP groups | frozen groups | dense MACs | MACs after | max rel. error |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, o in _outcomes.items():
+        lines.append(f"| {name} | {o.groups} | {o.channels} | {o.tp_groups if o.tp_groups is not None else 'n/a'} | "
+                     f"{len(o.frozen)} | {o.dense_macs} | {o.pruned_macs} | {o.max_error:.1e} |")
+    print("\n".join(lines))
