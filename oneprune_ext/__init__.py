@@ -11,7 +11,7 @@ from . import models, ops, reference
 from ._build_info import build_info
 from .compact import prune_channels
 from .cost import CostModel
-from .graph import UnsupportedOpError, trace_groups
+from .graph import TraceReport, UnsupportedOpError, UnsupportedOpWarning, trace_groups, trace_report
 from .groups import ChannelGroup, ChannelGroups, Slice
 from .layout import ChannelLayout
 from .pruner import EpochReport, OneCyclePruner
@@ -27,9 +27,11 @@ __all__ = [
     "CostModel",
     "EpochReport",
     "OneCyclePruner",
+    "TraceReport",
     "TrainResult",
     "Slice",
     "UnsupportedOpError",
+    "UnsupportedOpWarning",
     "build_info",
     "evaluate",
     "load_pruned",
@@ -39,5 +41,6 @@ __all__ = [
     "reference",
     "save_pruned",
     "trace_groups",
+    "trace_report",
     "train",
 ]

@@ -231,8 +231,10 @@ class Propagation:
         plan: cuts to make in sources at creation, by site (from earlier walks).
         saliency_params: ``"published"`` or ``"all"`` (see :func:`oneprune_ext.graph.trace_groups`).
         modules: qualified name -> module, of the traced model.
-        size_attr_sites: ``(module qualified name, attribute) -> (tensor name, dim)`` for
-            module attributes that hold a channel count (accepted as literal sizes).
+        size_attr_sites: module qualified name -> ``[(attribute, module, tensor name, dim)]``
+            for module attributes that hold a channel count (accepted as literal sizes; see
+            :func:`oneprune_ext.registry.size_attr_sites`).
+        describe: ``(node, module) -> (op name, place)`` for the report.
     """
 
     def __init__(self, plan: dict[tuple[str, int], tuple[int, ...]], saliency_params: str,

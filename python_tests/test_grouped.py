@@ -108,3 +108,45 @@ def test_selection_on_resnext_keeps_layers_whole() -> None:
         if isinstance(m, nn.Conv2d) and m.groups > 1:
             assert m.in_channels % m.groups == 0 and m.out_channels % 8 == 0
     assert np.all(np.asarray(sel.kept_counts) >= 1)
+
+
+def _tiny_vit() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2,
+                                                 hidden_dim=16, mlp_dim=32, num_classes=4)
+    return model, torch.randn(4, 3, 16, 16)
+
+
+@pytest.mark.parametrize("build", [_resnext, _tiny_vit], ids=["resnext", "vit"])
+def test_one_cycle_pruner_on_grouped_and_attention_models(build) -> None:
+    """The whole loop (fused regularizer on many slices per tensor, search, prune) on models with
+    grouped convs and attention heads."""
+    from oneprune_ext.pruner import OneCyclePruner
+
+    model, x = build()
+    x = x.expand(4, *x.shape[1:]).clone()
+    y = torch.randint(0, 4, (4,))
+    pruner = OneCyclePruner(model, x, reduction=0.3, total_epochs=4, monitor_start=0, sl_start=0, sl_end=2,
+                            regularizer="both")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for epoch in range(4):
+        pruner.epoch_start(epoch)
+        for _ in range(2):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x)[:, :4], y)
+            loss.backward()
+            del loss
+            pruner.before_step()
+            opt.step()
+            pruner.after_step(0.01)
+        pruner.epoch_end(epoch, opt)
+    assert pruner.pruned
+    assert pruner.macs() <= pruner.dense_macs * (1 - 0.3) + 1
+    with torch.no_grad(), torch.utils.flop_counter.FlopCounterMode(display=False) as fc:
+        model.eval()(x)
+    assert fc.get_total_flops() // 2 == pruner.macs()
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.groups > 1:
+            assert m.in_channels % m.groups == 0 and m.out_channels % m.groups == 0
+        if isinstance(m, nn.MultiheadAttention):
+            assert m.embed_dim % m.num_heads == 0 and m.head_dim * m.num_heads == m.embed_dim

@@ -39,3 +39,17 @@ def test_family(family: str) -> None:
     out = tv.check(tv.DEFAULT[family])
     assert bool(out.frozen) == (family in FROZEN), (family, out.frozen)
     _streams(out)
+
+
+def test_readme_coverage_snippet(capsys) -> None:
+    """The README's trace_report example runs and prints what its comments say."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index("## Which models prune"):]
+    start = section.index("```python") + len("```python")
+    code = section[start:section.index("```", start)]
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Tensor.view at node 'view' in 'stage2.0'") and "kept fixed: stage2.0.branch1.2" in out[0]
+    assert out[1] == "18 1912"
