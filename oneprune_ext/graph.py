@@ -35,7 +35,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn as nn
 from torch import fx
-from torch.fx.node import map_aggregate, map_arg
+from torch.fx.node import map_arg
 
 from .groups import ChannelGroups
 from .propagation import OPAQUE, Call, ChannelInfo, FrozenPlace, ParamRef, Propagation, SizeRef, TMeta
@@ -193,11 +193,13 @@ def _fetch(model: nn.Module, target: str) -> Any:
 
 
 def run_graph(model: nn.Module, graph: fx.Graph, inputs: tuple, modules: dict[str, nn.Module],
-              after: Any = None) -> Any:
+              after: Any = None, shortcut: Any = None) -> Any:
     """Run ``graph`` on ``inputs`` (a lean ``fx.Interpreter``): values are freed after their last
     use, and ``after(node, value, args, kwargs)`` is called after every node (``args`` /
     ``kwargs``: the call's actual arguments, the tensor first for a method; empty for
-    placeholders and attributes).  Returns the graph's output."""
+    placeholders and attributes).  ``shortcut(module, args, kwargs)``, if given, may return a
+    module call's output instead of running the module (``None``: run it).  Returns the
+    graph's output."""
     last_use: dict[fx.Node, list[fx.Node]] = {}
     seen: set[fx.Node] = set()
     for node in reversed(graph.nodes):
@@ -228,7 +230,10 @@ def run_graph(model: nn.Module, graph: fx.Graph, inputs: tuple, modules: dict[st
             elif op == "call_method":
                 value = getattr(args[0], node.target)(*args[1:], **kwargs)
             else:
-                value = modules[node.target](*args, **kwargs)
+                module = modules[node.target]
+                value = shortcut(module, args, kwargs) if shortcut is not None else None
+                if value is None:
+                    value = module(*args, **kwargs)
         env[node] = value
         if after is not None:
             after(node, value, args, kwargs)
@@ -247,17 +252,44 @@ def _to_meta(v: Any) -> Any:
     return v
 
 
+def _zeros_instead(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """Zeros of the output's shape for modules whose registry entry knows it (no arithmetic)."""
+    entry = module_entry(module)
+    if entry is None or entry.output_shape is None:
+        return None
+    shape = entry.output_shape(module, args, kwargs)
+    if shape is None or isinstance(shape, torch.Tensor):
+        return shape  # run it / its input passes through
+    x = next(a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor))
+
+    def zeros(s: Any) -> Any:
+        if isinstance(s, torch.Size):
+            return torch.zeros(s, dtype=x.dtype, device=x.device)
+        return tuple(zeros(v) for v in s) if isinstance(s, tuple) else s
+
+    return zeros(shape)
+
+
 def _record_shapes(model: nn.Module, graph: fx.Graph, inputs: tuple,
                    modules: dict[str, nn.Module]) -> dict[fx.Node, Any]:
     """Every node's output shape (and non-tensor values), from one run of the graph in eval
-    mode under ``torch.no_grad()`` (train / eval flags are restored)."""
+    mode under ``torch.no_grad()`` (train / eval flags are restored).
+
+    Only shapes are needed, so convolutions, linears and attention are not computed (their
+    outputs are zeros of the shape their registry entry gives) and norms and activations pass
+    their input through.  If anything fails on those values, the graph is run again for real.
+    """
     meta: dict[fx.Node, Any] = {}
 
     def keep(node: fx.Node, value: Any, args: Any, kwargs: Any) -> None:
         meta[node] = _to_meta(value)
 
     with evaluating(modules.values()), torch.no_grad():
-        run_graph(model, graph, inputs, modules, keep)
+        try:
+            run_graph(model, graph, inputs, modules, keep, _zeros_instead)
+        except Exception:  # noqa: BLE001 - e.g. an op that checks values: run everything
+            meta.clear()
+            run_graph(model, graph, inputs, modules, keep)
     return meta
 
 

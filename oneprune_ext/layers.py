@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import fx
@@ -108,9 +109,28 @@ def _cost_conv(c: CostCall) -> Any:
     return [CostTerm(c.output.numel() // int(m.weight.shape[0]), _all_dims(name, m.weight.dim()))]
 
 
+def _conv_shape(m: nn.Module, args: tuple, kwargs: dict) -> Any:
+    x = args[0] if len(args) == 1 and not kwargs else None
+    k = len(m.kernel_size)
+    if m.transposed or not isinstance(x, torch.Tensor) or x.dim() not in (k + 1, k + 2):
+        return None
+    if x.shape[-k - 1] != m.in_channels:
+        return None  # let the module raise its own error
+    out = []
+    for i in range(k):
+        n = x.shape[x.dim() - k + i]
+        if m.padding == "same":
+            out.append(n)
+            continue
+        pad = 0 if m.padding == "valid" else m.padding[i]
+        out.append((n + 2 * pad - m.dilation[i] * (m.kernel_size[i] - 1) - 1) // m.stride[i] + 1)
+    return torch.Size((*x.shape[:-k - 1], m.out_channels, *out))
+
+
 register_module(nn.modules.conv._ConvNd, entry=LayerEntry(
     "convolution", _couple_conv, in_published_saliency=lambda m: m is None or not _is_depthwise(m),
-    update_attrs=_update_conv, record_attrs=("in_channels", "out_channels", "groups"), cost=_cost_conv))
+    update_attrs=_update_conv, record_attrs=("in_channels", "out_channels", "groups"), cost=_cost_conv,
+    output_shape=_conv_shape))
 
 
 # ----------------------------------------------------------------------------------
@@ -147,9 +167,16 @@ def _cost_linear(c: CostCall) -> Any:
     return [CostTerm(out.numel() // max(int(out.shape[-1]), 1), ((name, 0), (name, 1)))]
 
 
+def _linear_shape(m: nn.Module, args: tuple, kwargs: dict) -> Any:
+    x = args[0] if len(args) == 1 and not kwargs else None
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != m.in_features:
+        return None
+    return torch.Size((*x.shape[:-1], m.out_features))
+
+
 register_module(nn.Linear, entry=LayerEntry(
     "linear", _couple_linear, update_attrs=_update_linear, record_attrs=("in_features", "out_features"),
-    cost=_cost_linear))
+    cost=_cost_linear, output_shape=_linear_shape))
 
 
 # ----------------------------------------------------------------------------------
@@ -185,9 +212,18 @@ def _update_channel_norm(m: nn.Module) -> None:
         m.num_features = int(t.shape[0])
 
 
+def _channel_norm_shape(m: nn.Module, args: tuple, kwargs: dict) -> Any:
+    x = args[0] if len(args) == 1 and not kwargs else None
+    if isinstance(m, nn.modules.instancenorm._InstanceNorm):
+        return None
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[1] != m.num_features:
+        return None
+    return x  # same shape: no need to normalise while tracing
+
+
 register_module(nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, entry=LayerEntry(
     "batch / instance norm", _couple_channel_norm, update_attrs=_update_channel_norm,
-    record_attrs=("num_features",)))
+    record_attrs=("num_features",), output_shape=_channel_norm_shape))
 
 
 # ----------------------------------------------------------------------------------
@@ -345,9 +381,18 @@ def _cost_mha(c: CostCall) -> Any:
     return proj + attn
 
 
+def _mha_shape(m: nn.Module, args: tuple, kwargs: dict) -> Any:
+    names = ("query", "key", "value", "key_padding_mask", "need_weights")
+    a = dict(zip(names, args), **kwargs)
+    q = a.get("query")
+    if a.get("need_weights", True) or not isinstance(q, torch.Tensor) or q.shape[-1] != m.embed_dim:
+        return None
+    return (q.shape, None)
+
+
 register_module(nn.MultiheadAttention, entry=LayerEntry(
     "multi-head attention", _couple_mha, update_attrs=_update_mha,
-    record_attrs=("embed_dim", "kdim", "vdim", "head_dim"), cost=_cost_mha))
+    record_attrs=("embed_dim", "kdim", "vdim", "head_dim"), cost=_cost_mha, output_shape=_mha_shape))
 
 
 def _plain(ref: Any, ndim: int) -> bool:

@@ -16,7 +16,9 @@ Each supported module type, function or tensor method has one :class:`LayerEntry
   ViT's ``hidden_dim``): updated after a prune, recorded, and accepted by the tracer as a
   literal size in a reshape;
 * ``cost`` -- its **cost terms**: the MACs of one call as exact products of tensor dims
-  (see :class:`CostTerm`), checked against what ``torch.utils.flop_counter`` counted.
+  (see :class:`CostTerm`), checked against what ``torch.utils.flop_counter`` counted;
+* ``output_shape`` -- its output shape without computing it: the tracer needs shapes only, so
+  convolutions, linears and attention are not run while tracing.
 
 ``graph.py`` (tracing), ``compact.py`` (attributes after a prune), ``saving.py`` (structure
 record) and ``cost.py`` (MACs) look entries up here and test no module types themselves.
@@ -164,6 +166,10 @@ class LayerEntry:
         size_attrs: attribute -> (tensor path relative to the module, dim) it equals.
         cost: MACs of one call as :class:`CostTerm` objects; ``None`` (or returning ``None``)
             means the call's counted FLOPs are a constant.
+        output_shape: ``(module, args, kwargs) -> torch.Size`` of the output (or a tuple of
+            sizes / ``None`` for a tuple output), computed without running the module, or the
+            input tensor itself for a module that keeps its input's shape and dtype; returning
+            ``None`` runs it.  Only for module types.
     """
 
     name: str
@@ -175,6 +181,7 @@ class LayerEntry:
     record_attrs: tuple[str, ...] = ()
     size_attrs: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     cost: CostFn | None = None
+    output_shape: Callable[[nn.Module, tuple, dict], Any] | None = None
 
     def weights_counted(self, module: nn.Module | None) -> bool:
         """Whether this call's weights count in the published saliency."""

@@ -78,7 +78,12 @@ def _couple_elementwise(ctx: Propagation, call: Call) -> Any:
     return _couple_passthrough(ctx, call)
 
 
-_ELEMENTWISE = LayerEntry("element-wise", _couple_elementwise, handles_params=True)
+def _same_shape(m: nn.Module, args: tuple, kwargs: dict) -> Any:
+    x = args[0] if len(args) == 1 and not kwargs else None
+    return x if isinstance(x, torch.Tensor) else None  # same shape: no need to compute while tracing
+
+
+_ELEMENTWISE = LayerEntry("element-wise", _couple_elementwise, handles_params=True, output_shape=_same_shape)
 _PASSTHROUGH = LayerEntry("cast / copy", _couple_passthrough, handles_params=True)
 
 register_module(

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from oneprune_ext.graph import UnsupportedOpError, UnsupportedOpWarning, trace_groups
+from oneprune_ext.graph import UnsupportedOpError, UnsupportedOpWarning, trace_groups, trace_report
 from oneprune_ext import models
 
 from _pruning_cases import CASES, build
@@ -253,3 +253,40 @@ def test_models_shapes() -> None:
     assert models.digits_cnn(width=4)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
     assert models.mlp()(torch.randn(2, 1, 8, 8)).shape == (2, 10)
     assert sum(p.numel() for p in models.resnet56().parameters()) == pytest.approx(0.86e6, rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121", "vit"])
+def test_shape_pass_without_arithmetic(name: str) -> None:
+    """Tracing skips conv / linear / attention arithmetic (zeros of the right shape) and passes
+    norms and activations through: every recorded shape equals a real run's."""
+    from oneprune_ext import graph as g
+
+    model, x = build(name)
+    graph, _ = g.trace_graph(model)
+    modules = dict(model.named_modules())
+    fast = g._record_shapes(model, graph, (x,), modules)
+    real: dict = {}
+    with torch.no_grad():
+        g.run_graph(model.eval(), graph, (x,), modules, lambda n, v, a, k: real.__setitem__(n, g._to_meta(v)))
+    assert fast == real
+
+
+class _Checks(nn.Module):
+    """A forward that looks at values: the zeros of the fast shape pass fail it, the real run not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probe = nn.Conv2d(3, 1, 1)
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert(self.probe(x).abs().sum() > 0, "all-zero input")
+        return self.head(self.conv(x))
+
+
+def test_shape_pass_falls_back_to_a_real_run() -> None:
+    torch.manual_seed(0)
+    report = trace_report(_Checks(), torch.randn(1, 3, 6, 6))
+    assert [g.name for g in report.groups] == ["conv"]
+    assert report.frozen_groups() == ["probe"]  # its sum over channels feeds the assert
