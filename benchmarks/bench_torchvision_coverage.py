@@ -53,6 +53,16 @@ def _span(values: list[int]) -> str:
     return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
+def _why(reason: str) -> str:
+    """A frozen place's reason, without the shapes."""
+    for key, short in (("splits or mixes the channel dim", "a reshape splits the channel dim"),
+                       ("would not follow a prune", "a literal size on the channel dim"),
+                       ("size computed from a prunable channel count", "a size read from a channel count")):
+        if key in reason:
+            return short
+    return reason
+
+
 def coverage_tables(outcomes: dict[str, tv.Outcome]) -> str:
     """The per-family table (README) and the per-model table, as markdown."""
     lines = ["| family | models | groups found | Torch-Pruning groups | kept fixed (why) |",
@@ -62,7 +72,7 @@ def coverage_tables(outcomes: dict[str, tv.Outcome]) -> str:
         if not outs:
             continue
         tps = [o.tp_groups for o in outs if o.tp_groups is not None]
-        reasons = sorted({r for o in outs for r in o.reasons})
+        reasons = sorted({_why(r) for o in outs for r in o.reasons})
         frozen = max(len(o.frozen) for o in outs)
         why = "nothing" if not frozen else f"up to {frozen} groups: " + "; ".join(reasons)
         lines.append(f"| {family} | {len(outs)} | {_span([o.groups for o in outs])} | "

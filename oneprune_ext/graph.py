@@ -2,7 +2,8 @@
 
 :func:`trace_groups` traces the model with ``torch.fx`` (symbolic tracing), runs the traced
 graph once on the example inputs under ``torch.no_grad()`` to learn every value's shape (no
-autograd graph is built or kept), then walks the graph in topological order.  For every
+autograd graph is built or kept; convolutions, linears and attention are not even computed:
+their registry entries give their output shapes), then walks the graph in topological order.  For every
 node it runs the coupling rule of the node's entry in the layer registry
 (:mod:`oneprune_ext.registry`; built-in entries in :mod:`oneprune_ext.layers` and
 :mod:`oneprune_ext.tensor_ops`), which says which channels the output carries and which
@@ -20,9 +21,9 @@ collected into one :class:`TraceReport`; with ``on_unsupported="freeze"`` (the d
 warning lists them all, with ``"error"`` one :class:`UnsupportedOpError` does.
 
 Never pruned either: channels that reach the model's output, the model inputs, and
-``ignored_layers``: a module with a registry entry that ``torch.fx`` keeps as a leaf keeps
-its *output* channels; any other module is treated as a black box whose inputs and outputs
-are kept.
+``ignored_layers``: a module the tracer keeps as one node (``torch.nn`` modules, registered
+classes) keeps its *output* channels; any other module is treated as a black box whose
+inputs and outputs are kept.
 """
 
 from __future__ import annotations
@@ -277,7 +278,8 @@ def _record_shapes(model: nn.Module, graph: fx.Graph, inputs: tuple,
 
     Only shapes are needed, so convolutions, linears and attention are not computed (their
     outputs are zeros of the shape their registry entry gives) and norms and activations pass
-    their input through.  If anything fails on those values, the graph is run again for real.
+    their input through; the little arithmetic left runs on one thread.  If anything fails on
+    those values, the graph is run again for real.
     """
     meta: dict[fx.Node, Any] = {}
 
@@ -285,9 +287,16 @@ def _record_shapes(model: nn.Module, graph: fx.Graph, inputs: tuple,
         meta[node] = _to_meta(value)
 
     with evaluating(modules.values()), torch.no_grad():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # what is left is small: no waiting on busy cores at every op
         try:
             run_graph(model, graph, inputs, modules, keep, _zeros_instead)
+            fast = True
         except Exception:  # noqa: BLE001 - e.g. an op that checks values: run everything
+            fast = False
+        finally:
+            torch.set_num_threads(threads)
+        if not fast:
             meta.clear()
             run_graph(model, graph, inputs, modules, keep)
     return meta
@@ -637,6 +646,7 @@ def trace_groups(
             cannot trace the model's own ``forward``.
         ValueError: a bad option or an ``ignored_layers`` entry that is not a submodule.
     """
+    ignored_layers = list(ignored_layers)
     _validate(model, ignored_layers, on_unsupported, saliency_params)
     report = trace_report(model, example_inputs, ignored_layers, saliency_params=saliency_params)
     if report.frozen:

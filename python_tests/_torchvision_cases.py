@@ -56,6 +56,9 @@ FAMILY_OF = {n: f for f, names in FAMILIES.items() for n in names}
 DEFAULT = {f: names[0] for f, names in FAMILIES.items()}
 # Torch-Pruning's group counts are compared on these (issue 10: within 10 %)
 TP_COMPARED = FAMILIES["ResNeXt"] + FAMILIES["RegNet-X"] + FAMILIES["RegNet-Y"]
+# Torch-Pruning 1.6.0's DependencyGraph.get_all_groups raised MemoryError under an 8 GB address-space
+# limit after 80-170 s on swin_t, swin_v2_t and maxvit_t (and went past 16 GB without one): not counted
+TP_UNMEASURED = set(FAMILIES["Swin"] + FAMILIES["Swin-V2"] + FAMILIES["MaxViT"])
 
 
 def input_size(name: str) -> int:
@@ -149,7 +152,7 @@ def check(name: str, seed: int = 0, with_torch_pruning: bool = False) -> Outcome
     fails on it).
     """
     model, x = build(name, seed)
-    tp_groups = _tp_count(model, x) if with_torch_pruning else None
+    tp_groups = _tp_count(model, x) if with_torch_pruning and name not in TP_UNMEASURED else None
     report = trace_quietly(model, x)
     groups = report.groups
     assert len(groups) > 0, name
@@ -177,7 +180,7 @@ def _tp_count(model: nn.Module, x: torch.Tensor) -> int | None:
         import torch_pruning as tp
 
         dg = tp.DependencyGraph().build_dependency(model, x[:1])
-        last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]  # the classifier
         return len(list(dg.get_all_groups(ignored_layers=[last], root_module_types=[nn.Conv2d, nn.Linear])))
     except ImportError:
         raise
