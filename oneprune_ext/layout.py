@@ -108,7 +108,6 @@ class ChannelLayout:
         self.num_tiles: int = tables["ntiles"]
         self.num_chunks: int = tables["nchunks"]
         self._placeholders: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        self._pending: list[tuple[nn.Parameter, torch.Tensor]] = []
 
     @staticmethod
     def _collect(groups: ChannelGroups, owners: dict) -> tuple[list[str], dict[str, list]]:
@@ -169,24 +168,12 @@ class ChannelLayout:
     def check(self) -> None:
         """Raises ValueError if a covered parameter was replaced or moved to the meta device
         since the layout was built (the kernels check shapes and memory order themselves)."""
-        for i, (pdict, attr, p) in enumerate(self._owners):
-            if pdict.get(attr) is not p:
-                raise ValueError(
-                    f"parameter '{self.tensor_names[i]}' was replaced by another tensor since the layout "
-                    "was built (load_state_dict(..., assign=True), a new nn.Parameter, ...): call "
-                    "layout.rebuild()")
-        if self._params and self._params[0].device != self.device:
-            dev = self._params[0].device
-            if dev.type == "meta":
-                raise ValueError(
-                    f"parameter '{self.tensor_names[0]}' is on the meta device (its data is gone): move "
-                    "the model to a real device, then call layout.rebuild()")
-            self.device = dev
+        self._live(False)
 
     def tensors(self) -> list[nn.Parameter]:
         """The live parameters for the ``torch.ops.oneprune`` kernels (call them under
         ``torch.no_grad()``), after :meth:`check`."""
-        self.check()
+        self._live(False)
         return self._params
 
     def frozen(self) -> list[int]:
@@ -194,34 +181,53 @@ class ChannelLayout:
         skip them)."""
         return [i for i, p in enumerate(self._params) if not p.requires_grad]
 
-    def grads(self, frozen: Optional[list[int]] = None, attach: bool = True) -> list[torch.Tensor]:
+    def grads(self, frozen: Optional[list[int]] = None) -> list[torch.Tensor]:
         """The ``.grad`` of every covered parameter, in table order; a missing one becomes
-        zeros (set on the parameter unless ``attach`` is False: then :meth:`attach_grads`
-        sets them once the op that uses them succeeded). A frozen parameter gets no ``.grad``:
-        its entry is an empty placeholder the kernels ignore."""
+        zeros (kept on the parameter). A frozen parameter gets no ``.grad``: its entry is an
+        empty placeholder the kernels ignore."""
         skip = set(self.frozen() if frozen is None else frozen)
         out = []
-        self._pending: list[tuple[nn.Parameter, torch.Tensor]] = []
         for i, p in enumerate(self._params):
             if i in skip:
                 out.append(self._placeholder(p))
                 continue
-            g = p.grad
-            if g is None:
-                g = torch.zeros_like(p)
-                if attach:
-                    p.grad = g
-                else:
-                    self._pending.append((p, g))
-            out.append(g)
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            out.append(p.grad)
         return out
 
-    def attach_grads(self) -> None:
-        """Sets the zero ``.grad`` s made by the last ``grads(attach=False)``."""
-        for p, g in self._pending:
-            if p.grad is None:
-                p.grad = g
-        self._pending = []
+    def _live(self, want_grads: bool) -> tuple[list[int], Optional[list[torch.Tensor]], list]:
+        """One pass over the covered parameters at every op call: checks that each is still the
+        model's, and returns (indices of frozen ones, grads or None, zero grads to attach once
+        the op succeeded). Missing grads of writable parameters become zeros that are *not*
+        set on the parameters yet, so a refused call changes nothing."""
+        frozen: list[int] = []
+        grads: Optional[list[torch.Tensor]] = [] if want_grads else None
+        pending: list[tuple[nn.Parameter, torch.Tensor]] = []
+        for i, (pdict, attr, p) in enumerate(self._owners):
+            if pdict.get(attr) is not p:
+                raise ValueError(
+                    f"parameter '{self.tensor_names[i]}' was replaced by another tensor since the layout "
+                    "was built (load_state_dict(..., assign=True), a new nn.Parameter, ...): call "
+                    "layout.rebuild()")
+            if not p.requires_grad:
+                frozen.append(i)
+                if grads is not None:
+                    grads.append(self._placeholder(p))
+            elif grads is not None:
+                g = p.grad
+                if g is None:
+                    g = torch.zeros_like(p)
+                    pending.append((p, g))
+                grads.append(g)
+        if self._params and self._params[0].device != self.device:
+            dev = self._params[0].device
+            if dev.type == "meta":
+                raise ValueError(
+                    f"parameter '{self.tensor_names[0]}' is on the meta device (its data is gone): move "
+                    "the model to a real device, then call layout.rebuild()")
+            self.device = dev
+        return frozen, grads, pending
 
     def fix_grad_layouts(self) -> None:
         """Gives every ``.grad`` whose strides differ from its parameter's the parameter's

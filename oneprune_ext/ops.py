@@ -108,24 +108,25 @@ def group_lasso_grad_(
         The penalty ``reg * sum_{c in mask} ||g_c||`` as a 0-d fp32 tensor on the layout's
         device (not synchronised).
     """
-    tensors = layout.tensors()
+    frozen, grads, pending = layout._live(True)
+    tensors = layout._params
     m, r = _mask(layout, mask), _scalar(reg, layout.device, "reg")
-    frozen = layout.frozen()
     if not tensors:
         return torch.zeros((), dtype=torch.float32, device=layout.device)
-    for attempt in range(2):
-        grads = layout.grads(frozen, attach=False)
-        try:
-            with torch.no_grad():
-                pen = _ops.group_lasso_grad_.default(tensors, grads, layout.table, m, r, float(eps), frozen)
-        except ValueError as exc:  # refused before anything was written
-            if attempt or _GRAD_FORMAT not in str(exc):
-                raise
-            layout.fix_grad_layouts()
-            continue
-        layout.attach_grads()
-        return pen
-    raise AssertionError("unreachable")
+    try:
+        with torch.no_grad():
+            pen = _ops.group_lasso_grad_.default(tensors, grads, layout.table, m, r, float(eps), frozen)
+    except ValueError as exc:  # refused before anything was written
+        if _GRAD_FORMAT not in str(exc):
+            raise
+        # only the grads' memory format was wrong (checked last): convert them and retry
+        layout.fix_grad_layouts()
+        frozen, grads, pending = layout._live(True)
+        with torch.no_grad():
+            pen = _ops.group_lasso_grad_.default(tensors, grads, layout.table, m, r, float(eps), frozen)
+    for p, g in pending:
+        p.grad = g
+    return pen
 
 
 def scale_channels_(layout: "ChannelLayout", mask: torch.Tensor, factor: Scalar) -> None:
@@ -134,12 +135,13 @@ def scale_channels_(layout: "ChannelLayout", mask: torch.Tensor, factor: Scalar)
     An entry that belongs to two masked channels (row of one, column of another) is
     scaled twice, as a per-slice loop would. Frozen parameters are not scaled.
     """
-    tensors = layout.tensors()
+    frozen, _, _ = layout._live(False)
+    tensors = layout._params
     m, f = _mask(layout, mask), _scalar(factor, layout.device, "factor")
     if not tensors:
         return
     with torch.no_grad():
-        _ops.scale_channels_.default(tensors, layout.table, m, f, layout.frozen())
+        _ops.scale_channels_.default(tensors, layout.table, m, f, frozen)
 
 
 def compact_(tensor: torch.Tensor, dim: int, keep: torch.Tensor | list[int]) -> torch.Tensor:
