@@ -17,7 +17,7 @@ chosen for removal:
 
 Three implementations, side by side in one run:
 
-* ``fused``: :mod:`oneprune_ext.ops` (one launch per op and phase for the whole model);
+* ``fused``: :mod:`oneprune_ext.ops` (a fixed number of launches per op for the whole model);
 * ``reference``: :mod:`oneprune_ext.reference` (vectorised per slice, pure PyTorch);
 * ``per_layer``: the published method's loop, re-implemented faithfully: per group, per
   coupled slice, ``index_select`` the chosen channels, reduce, and write back with
