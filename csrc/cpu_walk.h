@@ -97,6 +97,46 @@ inline void chunk_sumsq(const T* data, const Tile& t, const Chunk& c, float* out
   }
 }
 
+// chunk_sumsq for the masked channels only (the slots of unmasked channels get 0): lines of
+// masked line channels are summed whole, and only the masked position groups are visited.
+template <typename T>
+inline void chunk_sumsq_masked(const T* data, const Tile& t, const Chunk& c, const bool* mask, float* out) {
+  const ChunkSlots s = layout::chunk_slots(t, c);
+  float* lsum = out;
+  float* psum = out + s.nls;
+  for (int64_t k = 0; k < s.nls + s.nps; ++k) out[k] = 0.f;
+  bool pact[layout::kMaxChunkWidth];
+  int32_t rfirst[layout::kMaxChunkWidth], rlast[layout::kMaxChunkWidth], rslot[layout::kMaxChunkWidth];
+  int64_t nranges = 0;
+  for (int64_t k = 0; k < c.nj; ++k) pact[k] = false;
+  for (int64_t g = s.gp0; g < s.gp0 + s.nps; ++g) {
+    if (!mask[layout::pos_group_channel(t, g)]) continue;
+    int64_t a, b;
+    layout::group_positions(t, c, g, &a, &b);
+    for (int64_t j = a; j < b; ++j) pact[j - c.j0] = true;
+    rfirst[nranges] = static_cast<int32_t>(a - c.j0);
+    rlast[nranges] = static_cast<int32_t>(b - c.j0);
+    rslot[nranges] = static_cast<int32_t>(g - s.gp0);
+    ++nranges;
+  }
+  for (int64_t l = c.l0; l < c.l0 + c.nl; ++l) {
+    const int64_t lch = layout::line_channel(t, l);
+    const bool lm = lch >= 0 && mask[lch];
+    if (!lm && nranges == 0) continue;
+    const T* p = data + layout::element_index(t, l, c.j0);
+    if (lm) lsum[layout::line_group(t, l) - s.gl0] += sumsq(p, c.nj);
+    if (nranges == 0) continue;
+    if (t.pdiv == 1) {
+      for (int64_t k = 0; k < c.nj; ++k) {
+        const float v = static_cast<float>(p[k]);
+        psum[k] += pact[k] ? v * v : 0.f;
+      }
+    } else {
+      for (int64_t r = 0; r < nranges; ++r) psum[rslot[r]] += sumsq(p + rfirst[r], rlast[r] - rfirst[r]);
+    }
+  }
+}
+
 // Per-channel coefficient of an update: `active[c]` (the mask) and `value[c]`.
 struct Coefs {
   const bool* active;
@@ -125,7 +165,10 @@ inline void chunk_update(T* dst, const T* src, const Tile& t, const Chunk& c, Co
   const ChunkSlots s = layout::chunk_slots(t, c);
   bool pact[layout::kMaxChunkWidth];
   float pval[layout::kMaxChunkWidth];
-  bool any_pos = false;
+  // the active position groups as ranges [first, last) of chunk positions, with their value
+  int32_t rfirst[layout::kMaxChunkWidth], rlast[layout::kMaxChunkWidth];
+  float rval[layout::kMaxChunkWidth];
+  int64_t nranges = 0;
   for (int64_t k = 0; k < c.nj; ++k) {
     pact[k] = false;
     pval[k] = Op::kNeutral;
@@ -133,23 +176,26 @@ inline void chunk_update(T* dst, const T* src, const Tile& t, const Chunk& c, Co
   for (int64_t g = s.gp0; g < s.gp0 + s.nps; ++g) {
     const int64_t ch = layout::pos_group_channel(t, g);
     if (!co.active[ch]) continue;
-    any_pos = true;
     int64_t a, b;
     layout::group_positions(t, c, g, &a, &b);
     for (int64_t j = a; j < b; ++j) {
       pact[j - c.j0] = true;
       pval[j - c.j0] = co.value[ch];
     }
+    rfirst[nranges] = static_cast<int32_t>(a - c.j0);
+    rlast[nranges] = static_cast<int32_t>(b - c.j0);
+    rval[nranges] = co.value[ch];
+    ++nranges;
   }
+  const bool has_src = src != nullptr;
   for (int64_t l = c.l0; l < c.l0 + c.nl; ++l) {
     const int64_t lch = layout::line_channel(t, l);
     const bool la = lch >= 0 && co.active[lch];
-    if (!la && !any_pos) continue;
+    if (!la && nranges == 0) continue;
     const int64_t off = layout::element_index(t, l, c.j0);
     T* d = dst + off;
-    const bool has_src = src != nullptr;
     const T* sp = has_src ? src + off : nullptr;
-    if (la) {
+    if (la) {  // the whole line changes
       const float lv = co.value[lch];
       if (has_src) {
         for (int64_t k = 0; k < c.nj; ++k) {
@@ -160,17 +206,17 @@ inline void chunk_update(T* dst, const T* src, const Tile& t, const Chunk& c, Co
         for (int64_t k = 0; k < c.nj; ++k)
           d[k] = static_cast<T>(Op::pos(Op::line(static_cast<float>(d[k]), 0.f, lv), 0.f, pval[k]));
       }
-    } else if (has_src) {  // only the active positions change: a select keeps the others bit-identical
+    } else if (t.pdiv == 1) {  // one position per channel: a branch-free select keeps the others
       for (int64_t k = 0; k < c.nj; ++k) {
         const T x = d[k];
-        const T y = static_cast<T>(Op::pos(static_cast<float>(x), static_cast<float>(sp[k]), pval[k]));
+        const T y = static_cast<T>(Op::pos(static_cast<float>(x), has_src ? static_cast<float>(sp[k]) : 0.f, pval[k]));
         d[k] = pact[k] ? y : x;
       }
-    } else {
-      for (int64_t k = 0; k < c.nj; ++k) {
-        const T x = d[k];
-        const T y = static_cast<T>(Op::pos(static_cast<float>(x), 0.f, pval[k]));
-        d[k] = pact[k] ? y : x;
+    } else {  // only the active position groups are touched
+      for (int64_t r = 0; r < nranges; ++r) {
+        const float v = rval[r];
+        for (int64_t k = rfirst[r]; k < rlast[r]; ++k)
+          d[k] = static_cast<T>(Op::pos(static_cast<float>(d[k]), has_src ? static_cast<float>(sp[k]) : 0.f, v));
       }
     }
   }

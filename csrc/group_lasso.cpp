@@ -30,7 +30,7 @@ at::Tensor group_lasso_grad_cpu(at::TensorList tensors, at::TensorList grads, co
     if (!layout::chunk_has_masked(t, c, mk)) return;  // its slots are read by no masked channel
     cpu::dispatch_dtype(wt.dtype[t.tensor], [&](auto tag) {
       using T = decltype(tag);
-      cpu::chunk_sumsq(reinterpret_cast<const T*>(wt.ptr[t.tensor]), t, c, partial.get() + c.slot0);
+      cpu::chunk_sumsq_masked(reinterpret_cast<const T*>(wt.ptr[t.tensor]), t, c, mk, partial.get() + c.slot0);
     });
   });
   std::vector<float> norms(static_cast<size_t>(tab.nchan), 0.f), coefs(static_cast<size_t>(tab.nchan), 0.f);
