@@ -122,7 +122,7 @@ def test_bookkeeping(benchmark, name, mode, impl):
     _results[(name, mode, impl)] = benchmark.stats.stats.median
 
 
-def test_zz_bookkeeping_table():
+def test_zz_bookkeeping_table(capsys):
     """Prints the per-step bookkeeping as a % of the SGD step, all implementations side by side."""
     if not _results:
         pytest.skip("run together with the tests above")
@@ -143,4 +143,5 @@ def test_zz_bookkeeping_table():
             ratio = f"{p / f:.1f}x" if f and p else "-"
             lines.append(f"| {name} | {mode} | {step * 1e3:.0f} | {cell(f, step)} | {cell(p, step)} | "
                          f"{cell(t, step)} | {ratio} |")
-    print("\n".join(lines))
+    with capsys.disabled():  # shown by a plain `make bench` run too
+        print("\n".join(lines))
