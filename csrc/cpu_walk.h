@@ -109,16 +109,17 @@ inline void chunk_sumsq_masked(const T* data, const Tile& t, const Chunk& c, con
   int32_t rfirst[layout::kMaxChunkWidth], rlast[layout::kMaxChunkWidth], rslot[layout::kMaxChunkWidth];
   int64_t nranges = 0;
   for (int64_t k = 0; k < c.nj; ++k) pact[k] = false;
-  for (int64_t g = s.gp0; g < s.gp0 + s.nps; ++g) {
-    if (!mask[layout::pos_group_channel(t, g)]) continue;
-    int64_t a, b;
-    layout::group_positions(t, c, g, &a, &b);
-    for (int64_t j = a; j < b; ++j) pact[j - c.j0] = true;
-    rfirst[nranges] = static_cast<int32_t>(a - c.j0);
-    rlast[nranges] = static_cast<int32_t>(b - c.j0);
-    rslot[nranges] = static_cast<int32_t>(g - s.gp0);
-    ++nranges;
-  }
+  if (s.nps > 0)
+    layout::for_each_group(t.pchan0, t.pmod, s.gp0, s.nps, [&](int64_t g, int64_t ch) {
+      if (!mask[ch]) return;
+      int64_t a, b;
+      layout::group_positions(t, c, g, &a, &b);
+      for (int64_t j = a; j < b; ++j) pact[j - c.j0] = true;
+      rfirst[nranges] = static_cast<int32_t>(a - c.j0);
+      rlast[nranges] = static_cast<int32_t>(b - c.j0);
+      rslot[nranges] = static_cast<int32_t>(g - s.gp0);
+      ++nranges;
+    });
   for (int64_t l = c.l0; l < c.l0 + c.nl; ++l) {
     const int64_t lch = layout::line_channel(t, l);
     const bool lm = lch >= 0 && mask[lch];
@@ -173,20 +174,20 @@ inline void chunk_update(T* dst, const T* src, const Tile& t, const Chunk& c, Co
     pact[k] = false;
     pval[k] = Op::kNeutral;
   }
-  for (int64_t g = s.gp0; g < s.gp0 + s.nps; ++g) {
-    const int64_t ch = layout::pos_group_channel(t, g);
-    if (!co.active[ch]) continue;
-    int64_t a, b;
-    layout::group_positions(t, c, g, &a, &b);
-    for (int64_t j = a; j < b; ++j) {
-      pact[j - c.j0] = true;
-      pval[j - c.j0] = co.value[ch];
-    }
-    rfirst[nranges] = static_cast<int32_t>(a - c.j0);
-    rlast[nranges] = static_cast<int32_t>(b - c.j0);
-    rval[nranges] = co.value[ch];
-    ++nranges;
-  }
+  if (s.nps > 0)
+    layout::for_each_group(t.pchan0, t.pmod, s.gp0, s.nps, [&](int64_t g, int64_t ch) {
+      if (!co.active[ch]) return;
+      int64_t a, b;
+      layout::group_positions(t, c, g, &a, &b);
+      for (int64_t j = a; j < b; ++j) {
+        pact[j - c.j0] = true;
+        pval[j - c.j0] = co.value[ch];
+      }
+      rfirst[nranges] = static_cast<int32_t>(a - c.j0);
+      rlast[nranges] = static_cast<int32_t>(b - c.j0);
+      rval[nranges] = co.value[ch];
+      ++nranges;
+    });
   const bool has_src = src != nullptr;
   for (int64_t l = c.l0; l < c.l0 + c.nl; ++l) {
     const int64_t lch = layout::line_channel(t, l);
@@ -220,6 +221,13 @@ inline void chunk_update(T* dst, const T* src, const Tile& t, const Chunk& c, Co
       }
     }
   }
+}
+
+// prefix[i] = number of set entries among mask[0 .. i-1] (for chunk_has_masked_counted).
+inline std::vector<int32_t> mask_prefix(const bool* mask, int64_t n) {
+  std::vector<int32_t> p(static_cast<size_t>(n) + 1, 0);
+  for (int64_t i = 0; i < n; ++i) p[i + 1] = p[i] + (mask[i] ? 1 : 0);
+  return p;
 }
 
 // Runs f(chunk index, tile, chunk) for every chunk, in parallel (one chunk per work item).

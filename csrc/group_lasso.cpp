@@ -24,10 +24,11 @@ at::Tensor group_lasso_grad_cpu(at::TensorList tensors, at::TensorList grads, co
   const layout::Table& tab = call.table;
   const float reg_v = reg.item<float>();  // a CPU tensor: no device sync involved
   const bool* mk = mask.data_ptr<bool>();
+  const std::vector<int32_t> counts = cpu::mask_prefix(mk, tab.nchan);
   const cpu::TensorTable wt(tensors), gt(grads);
   const std::unique_ptr<float[]> partial(new float[static_cast<size_t>(tab.nslots) + 1]);
   cpu::for_each_chunk(tab, [&](int64_t, const layout::Tile& t, const layout::Chunk& c) {
-    if (!layout::chunk_has_masked(t, c, mk)) return;  // its slots are read by no masked channel
+    if (!layout::chunk_has_masked_counted(t, c, counts.data())) return;  // its slots are read by no masked channel
     cpu::dispatch_dtype(wt.dtype[t.tensor], [&](auto tag) {
       using T = decltype(tag);
       cpu::chunk_sumsq_masked(reinterpret_cast<const T*>(wt.ptr[t.tensor]), t, c, mk, partial.get() + c.slot0);
@@ -46,7 +47,7 @@ at::Tensor group_lasso_grad_cpu(at::TensorList tensors, at::TensorList grads, co
   for (int64_t c = 0; c < tab.nchan; ++c) total += static_cast<double>(norms[c]);
   const cpu::Coefs co{mk, coefs.data()};
   cpu::for_each_chunk(tab, [&](int64_t, const layout::Tile& t, const layout::Chunk& c) {
-    if (call.frozen[t.tensor] || !layout::chunk_has_masked(t, c, mk)) return;
+    if (call.frozen[t.tensor] || !layout::chunk_has_masked_counted(t, c, counts.data())) return;
     cpu::dispatch_dtype(wt.dtype[t.tensor], [&](auto tag) {
       using T = decltype(tag);
       cpu::chunk_update<cpu::LassoOp>(reinterpret_cast<T*>(gt.ptr[t.tensor]),

@@ -52,7 +52,7 @@ constexpr int64_t kEntryCols = 2;
 // Chunk size limits (checked on the host; the CUDA kernels size their shared memory by them).
 constexpr int64_t kMaxChunkWidth = 1024;
 constexpr int64_t kMaxChunkLines = 1024;
-constexpr int64_t kMaxChunkElems = 16384;
+constexpr int64_t kMaxChunkElems = 65536;
 
 struct Tile {
   int64_t tensor, base, lines, width, stride;
@@ -164,15 +164,50 @@ ONEPRUNE_HD void group_positions(const Tile& t, const Chunk& c, int64_t g, int64
   *last = b < c.j0 + c.nj ? b : c.j0 + c.nj;
 }
 
+// Calls f(group, channel) for groups g0 .. g0+n-1 of one side (chan0, mod) in order: one
+// modulo for the whole range (the channel wraps by increment), not one per group.
+template <typename F>
+ONEPRUNE_HD void for_each_group(int64_t chan0, int64_t mod, int64_t g0, int64_t n, F&& f) {
+  int64_t c = g0 % mod;
+  for (int64_t g = g0; g < g0 + n; ++g) {
+    f(g, chan0 + c);
+    if (++c == mod) c = 0;
+  }
+}
+
+// Whether any channel of groups g0 .. g0+n-1 of one side is set in `mask`.
+ONEPRUNE_HD bool any_group_masked(int64_t chan0, int64_t mod, int64_t g0, int64_t n, const bool* mask) {
+  int64_t c = g0 % mod;
+  for (int64_t k = 0; k < n; ++k) {
+    if (mask[chan0 + c]) return true;
+    if (++c == mod) c = 0;
+  }
+  return false;
+}
+
 // Whether any channel of chunk c is set in `mask` (chunks without one are skipped by the
 // masked kernels).
 ONEPRUNE_HD bool chunk_has_masked(const Tile& t, const Chunk& c, const bool* mask) {
   const ChunkSlots s = chunk_slots(t, c);
-  for (int64_t k = 0; k < s.nls; ++k)
-    if (mask[line_group_channel(t, s.gl0 + k)]) return true;
-  for (int64_t k = 0; k < s.nps; ++k)
-    if (mask[pos_group_channel(t, s.gp0 + k)]) return true;
-  return false;
+  return (s.nls > 0 && any_group_masked(t.lchan0, t.lmod, s.gl0, s.nls, mask)) ||
+         (s.nps > 0 && any_group_masked(t.pchan0, t.pmod, s.gp0, s.nps, mask));
+}
+
+// With prefix[i] = number of masked channels among 0 .. i-1: whether any channel of groups
+// g0 .. g0+n-1 of one side (chan0, mod) is masked, in O(1) (the channels are one contiguous
+// range, or two when the repeat wraps).
+ONEPRUNE_HD bool any_masked_counted(const int32_t* prefix, int64_t chan0, int64_t mod, int64_t g0, int64_t n) {
+  if (n <= 0) return false;
+  if (n >= mod) return prefix[chan0 + mod] > prefix[chan0];
+  const int64_t s = g0 % mod, e = s + n;
+  if (e <= mod) return prefix[chan0 + e] > prefix[chan0 + s];
+  return prefix[chan0 + mod] > prefix[chan0 + s] || prefix[chan0 + e - mod] > prefix[chan0];
+}
+
+ONEPRUNE_HD bool chunk_has_masked_counted(const Tile& t, const Chunk& c, const int32_t* prefix) {
+  const ChunkSlots s = chunk_slots(t, c);
+  return (s.nls > 0 && any_masked_counted(prefix, t.lchan0, t.lmod, s.gl0, s.nls)) ||
+         (s.nps > 0 && any_masked_counted(prefix, t.pchan0, t.pmod, s.gp0, s.nps));
 }
 
 // Channel c's sum of squares and saliency from the partial sums, in entry order (fixed):

@@ -17,11 +17,12 @@ void scale_channels_cpu(at::TensorList tensors, const at::Tensor& table, const a
   const LayoutCall call = check_scale_channels(tensors, table, mask, factor, frozen);
   const layout::Table& tab = call.table;
   const bool* mk = mask.data_ptr<bool>();
+  const std::vector<int32_t> counts = cpu::mask_prefix(mk, tab.nchan);
   const std::vector<float> factors(static_cast<size_t>(tab.nchan), factor.item<float>());
   const cpu::TensorTable tt(tensors);
   const cpu::Coefs co{mk, factors.data()};
   cpu::for_each_chunk(tab, [&](int64_t, const layout::Tile& t, const layout::Chunk& c) {
-    if (call.frozen[t.tensor] || !layout::chunk_has_masked(t, c, mk)) return;
+    if (call.frozen[t.tensor] || !layout::chunk_has_masked_counted(t, c, counts.data())) return;
     cpu::dispatch_dtype(tt.dtype[t.tensor], [&](auto tag) {
       using T = decltype(tag);
       cpu::chunk_update<cpu::ScaleOp>(reinterpret_cast<T*>(tt.ptr[t.tensor]), static_cast<const T*>(nullptr), t, c,

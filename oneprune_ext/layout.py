@@ -8,7 +8,7 @@ output channels) and its *position channel* (the inner one, e.g. its input chann
 by index arithmetic: ``chan0 + (index // div) % mod``. ``div`` folds a flatten's block or a
 conv's kernel size, ``mod`` folds the repeated slices of a grouped convolution, offsets
 place concat operands. Tiles are cut into fixed-size *chunks* (at most 1024 positions x 1024
-lines, 16384 elements) that the kernels walk row-major, one chunk per work item (CPU) or
+lines, 65536 elements) that the kernels walk row-major, one chunk per work item (CPU) or
 block (CUDA); each chunk writes partial sums to its own *slots*, and each channel's result is
 combined from its slots in a fixed order (``csrc/layout_index.h`` documents the format).
 
@@ -40,7 +40,7 @@ __all__ = ["ChannelLayout"]
 # Table format (csrc/layout_index.h).
 _MAGIC, _VERSION, _HEADER = 0x4F4E4550, 1, 8
 _MAX_DIMS = 8
-_CHUNK_WIDTH, _CHUNK_LINES, _CHUNK_ELEMS = 1024, 1024, 16384
+_CHUNK_WIDTH, _CHUNK_LINES, _CHUNK_ELEMS = 1024, 1024, 65536
 # A one-dim slice whose channels own contiguous runs of at least this many elements is laid
 # out one line per index (lines of the run length) rather than as positions of one long line.
 _LINE_MIN = 64

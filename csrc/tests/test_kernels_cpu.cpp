@@ -401,6 +401,24 @@ void test_index(std::mt19937& rng) {
       EXPECT(s.nls == 0 || nlines == c.nl, "line groups cover the chunk's lines");
       EXPECT(s.nps == 0 || npos == c.nj, "position groups cover the chunk's positions");
     }
+    // "does the chunk hold a masked channel": the O(1) counted test equals a scan of its groups
+    for (int trial = 0; trial < 4; ++trial) {
+      std::vector<uint8_t> mk(tab.nchan);
+      for (auto& x : mk) x = std::bernoulli_distribution(trial == 0 ? 0.02 : 0.3)(rng);
+      std::vector<int32_t> prefix(tab.nchan + 1, 0);
+      for (int64_t ch = 0; ch < tab.nchan; ++ch) prefix[ch + 1] = prefix[ch] + mk[ch];
+      const bool* mb = reinterpret_cast<const bool*>(mk.data());
+      for (int64_t k = 0; k < tab.nchunks; ++k) {
+        const L::Chunk c = L::read_chunk(tab, k);
+        const L::Tile t = L::read_tile(tab, c.tile);
+        const L::ChunkSlots s = L::chunk_slots(t, c);
+        bool scan = false;
+        for (int64_t g = s.gl0; g < s.gl0 + s.nls; ++g) scan = scan || mb[L::line_group_channel(t, g)];
+        for (int64_t g = s.gp0; g < s.gp0 + s.nps; ++g) scan = scan || mb[L::pos_group_channel(t, g)];
+        EXPECT(L::chunk_has_masked(t, c, mb) == scan && L::chunk_has_masked_counted(t, c, prefix.data()) == scan,
+               "chunk " << k << ": masked-channel tests disagree with a scan");
+      }
+    }
     for (const auto& [tile, cv] : cover)
       for (size_t e = 0; e < cv.size(); ++e) EXPECT(cv[e] == 1, "tile " << tile << " position " << e << " in " << cv[e] << " chunks");
     for (int64_t q = 0; q < tab.nslots; ++q) EXPECT(slot_used[q] == 1, "slot " << q << " used " << slot_used[q] << " times");
