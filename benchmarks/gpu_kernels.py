@@ -133,8 +133,9 @@ def section_sanitize(dev: str, quick: bool) -> dict:
 
 def _hook_pruner(model, x, dev):
     model.to(dev)
+    # a constant reg and lr: every step applies the same factors, so a captured graph replays them
     p = OneCyclePruner(model, x.to(dev), total_epochs=4, monitor_start=0, sl_start=0, sl_end=3,
-                       regularizer="both", reduction=0.5)
+                       regularizer="both", reduction=0.5, reg=1e-4, reg_delta=0.0)
     for q in model.parameters():
         q.grad = torch.randn_like(q)
     p.epoch_start(0)
