@@ -7,9 +7,10 @@ Search", WACV 2026). See README.md for the training-loop API.
 
 from __future__ import annotations
 
-from . import models, ops, reference
+from . import distributed, models, ops, reference
 from ._build_info import build_info
-from .compact import prune_channels
+from .compact import check_optimizer, prune_channels
+from .config import PrunerConfig
 from .cost import CostModel
 from .graph import UnsupportedOpError, trace_groups
 from .groups import ChannelGroup, ChannelGroups, Slice
@@ -27,10 +28,13 @@ __all__ = [
     "CostModel",
     "EpochReport",
     "OneCyclePruner",
+    "PrunerConfig",
     "TrainResult",
     "Slice",
     "UnsupportedOpError",
     "build_info",
+    "check_optimizer",
+    "distributed",
     "evaluate",
     "load_pruned",
     "models",

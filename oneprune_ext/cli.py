@@ -5,11 +5,27 @@ Examples::
     oneprune --data digits --epochs 30 --reduction 0.5 --dense-baseline      # CPU, about a minute
     oneprune --data cifar10 --data-root ~/data --model resnet56 --reduction 0.5
     oneprune --data imagenet --data-root /imagenet --model resnet50 --reduction 0.48
+    torchrun --nproc_per_node=8 -m oneprune_ext.cli --data imagenet --data-root /imagenet --reduction 0.48
 
-Epoch-valued schedule settings (``--monitor-start``, ``--sl-start``, ``--sl-end``) default to
-the published values of the data set scaled to ``--epochs``: CIFAR-10's 2 / 30 / 110 of a
-300-epoch run (also used for digits), ImageNet's 2 / auto / 50 of a 130-epoch run.  At the
-published lengths they are the published values.
+Under ``torchrun`` each process trains one DistributedDataParallel replica (NCCL on
+``cuda:LOCAL_RANK``, gloo on the CPU) on its shard of the data; ``--batch-size`` is the batch
+over all processes; every rank prunes the same channels at the same epoch; rank 0 prints and
+writes the checkpoint, ``--save`` and ``--json``; ``--resume`` works as in one process.
+
+Every setting defaults to the data set's recipe (``PRESETS``), as the authors' scripts run it:
+
+* **CIFAR-10**: 300 epochs, batch 128; SGD momentum 0.9, Nesterov, weight decay 5e-4; lr 0.1,
+  x0.2 at 30/60/80/90 % of the run; monitor from epoch 2, sparsity learning from 30, prune by 110
+  at the latest; reg 1e-4 growing by 1e-4 every epoch; layer limit 0.75; regularizer shrink.
+* **ImageNet**: 130 epochs, batch 256; SGD momentum 0.9, no Nesterov, weight decay 1e-4; cosine lr
+  from 0.1 stepped every iteration; monitor from 2, sparsity learning from ``auto``, prune by 50;
+  reg 1e-4 growing by 1e-4 every 2 epochs; the sub-network is chosen once more at the prune.
+* **digits** (the bundled demo data): the CIFAR-10 recipe scaled to 30 epochs, batch 32.
+
+With ``--epochs`` other than the recipe's length the epoch-valued settings (``--monitor-start``,
+``--sl-start``, ``--sl-end``) are scaled to it and ``--reg`` becomes ``auto`` (the published
+shrink curve at any schedule length; see :mod:`oneprune_ext.sparsity`). ``--print-config``
+prints the resolved configuration as JSON and exits, so the recipe can be checked before a run.
 
 Also runnable as ``python -m oneprune_ext.cli``.
 """
@@ -17,8 +33,10 @@ Also runnable as ``python -m oneprune_ext.cli``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -27,9 +45,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from .train import TrainResult, train
+from . import distributed
+from .config import PrunerConfig
+from .train import CIFAR_GAMMA, CIFAR_MILESTONES, SCHEDULE_UNITS, TrainResult, train
 
-__all__ = ["main", "build_parser", "summary_table", "PRESETS"]
+__all__ = ["main", "build_parser", "parse_args", "run", "summary_table", "PRESETS"]
 
 
 class ConfigError(ValueError):
@@ -38,17 +58,29 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Preset:
-    """Published (or, for digits, demo) defaults of one data set."""
+    """The recipe of one data set: published for CIFAR-10 and ImageNet; digits: CIFAR-10's, scaled.
+
+    Epoch-valued settings are given for a run of ``ref_epochs`` epochs and scaled to ``--epochs``.
+    Pruner options not listed take :class:`~oneprune_ext.config.PrunerConfig`'s defaults (the
+    published ones: layer limit 0.75, stability threshold 0.999, regularizer shrink, reduction 0.5).
+    """
 
     epochs: int
     batch_size: int
     lr: float
-    schedule: str
+    schedule: str  # "step": x0.2 at 30/60/80/90 % of the run; "cosine": to 0
+    schedule_unit: str  # the scheduler steps once per "epoch" or every "iteration"
+    momentum: float
+    nesterov: bool
+    weight_decay: float
     ref_epochs: int  # run length the epoch-valued settings below are given for
     monitor_start: int
     sl_start: int | str
     sl_end: int
+    reg: float
+    reg_delta: float
     reg_interval: int
+    reselect_at_prune: bool
     model: str
     input_shape: tuple[int, int, int]
     workers: int
@@ -56,9 +88,21 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # digits: the CIFAR-10 recipe, its 300-epoch schedule scaled down to --epochs
-    "digits": Preset(30, 32, 0.1, "step", 300, 2, 30, 110, 1, "digits_cnn", (1, 8, 8), 0),
-    "cifar10": Preset(300, 128, 0.1, "step", 300, 2, 30, 110, 1, "resnet56", (3, 32, 32), 4),
-    "imagenet": Preset(130, 256, 0.1, "cosine", 130, 2, "auto", 50, 2, "resnet50", (3, 224, 224), 8),
+    "digits": Preset(epochs=30, batch_size=32, lr=0.1, schedule="step", schedule_unit="epoch", momentum=0.9,
+                     nesterov=True, weight_decay=5e-4, ref_epochs=300, monitor_start=2, sl_start=30, sl_end=110,
+                     reg=1e-4, reg_delta=1e-4, reg_interval=1, reselect_at_prune=False, model="digits_cnn",
+                     input_shape=(1, 8, 8), workers=0),
+    # published CIFAR-10 (the authors' scripts/prune_cifar.sh and main_cifar.py)
+    "cifar10": Preset(epochs=300, batch_size=128, lr=0.1, schedule="step", schedule_unit="epoch", momentum=0.9,
+                      nesterov=True, weight_decay=5e-4, ref_epochs=300, monitor_start=2, sl_start=30, sl_end=110,
+                      reg=1e-4, reg_delta=1e-4, reg_interval=1, reselect_at_prune=False, model="resnet56",
+                      input_shape=(3, 32, 32), workers=4),
+    # published ImageNet (scripts/prune_imagenet.sh and main_imagenet.py: plain SGD, wd 1e-4, cosine
+    # per iteration, sparsity learning always from the automatic start, a fresh selection at the prune)
+    "imagenet": Preset(epochs=130, batch_size=256, lr=0.1, schedule="cosine", schedule_unit="iteration",
+                       momentum=0.9, nesterov=False, weight_decay=1e-4, ref_epochs=130, monitor_start=2,
+                       sl_start="auto", sl_end=50, reg=1e-4, reg_delta=1e-4, reg_interval=2,
+                       reselect_at_prune=True, model="resnet50", input_shape=(3, 224, 224), workers=8),
 }
 
 MODELS = ("digits_cnn", "resnet56", "vgg16", "resnet18", "resnet50")
@@ -75,18 +119,6 @@ def _scaled(value: int, epochs: int, ref_epochs: int, minimum: int) -> int:
     return max(minimum, int(round(value * epochs / ref_epochs)))
 
 
-def _sl_start_arg(text: str) -> int | str:
-    if text == "auto":
-        return "auto"
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a 0-based epoch (int) or 'auto', got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
 def _parse(text: str, cast: type, expected: str, ok, bound: str):
     """``cast(text)`` if ``ok`` holds for it, else an argparse error saying what was expected."""
     try:
@@ -96,11 +128,6 @@ def _parse(text: str, cast: type, expected: str, ok, bound: str):
     if not ok(v):
         raise argparse.ArgumentTypeError(f"must be {bound}, got {v}")
     return v
-
-
-def _fraction(text: str) -> float:
-    return _parse(text, float, "a number in (0, 1)", lambda v: 0.0 < v < 1.0,
-                  "a fraction in (0, 1) (e.g. 0.5 = remove half)")
 
 
 def _positive_int(text: str) -> int:
@@ -121,10 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="oneprune",
         description="Train a CNN from scratch and prune whole channels during the same run "
                     "(one-cycle structured pruning, Ghimire et al., WACV 2026).",
-        epilog="Epoch-valued settings are 0-based epoch indices; unless given they are the published "
-               "values scaled to --epochs (CIFAR-10: monitor 2, sparsity learning 30, prune by 110 of 300 "
-               "epochs, also used for digits; ImageNet: 2, auto, 50 of 130). Prints a summary table "
-               "at the end.",
+        epilog="Every default is the data set's published recipe (digits: CIFAR-10's, scaled to 30 epochs);\n"
+               "--print-config prints it resolved, as JSON. Epoch-valued settings are 0-based epoch indices;\n"
+               "unless given they are the published values scaled to --epochs (CIFAR-10: monitor 2, sparsity\n"
+               "learning 30, prune by 110 of 300 epochs; ImageNet: 2, auto, 50 of 130), and at another length\n"
+               "than the published one --reg is auto (the published shrink curve at any schedule length).\n"
+               "Prints a summary table at the end: accuracy, MACs, parameters, the prune epoch with the\n"
+               "accuracy right before and after the prune (the prune shock), the pruning overhead.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("data and model")
@@ -145,12 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=_positive_int, default=None,
                    help="length of the whole run, in epochs (default: 30 digits, 300 cifar10, 130 imagenet)")
     g.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="training batch size, in samples (default: 32 digits, 128 cifar10, 256 imagenet)")
+                   help="training batch size, in samples; under torchrun the batch over all processes, split "
+                        "evenly (default: 32 digits, 128 cifar10, 256 imagenet)")
     g.add_argument("--lr", type=float, default=None, help="initial learning rate of SGD (default 0.1)")
-    g.add_argument("--weight-decay", type=_nonneg_float, default=5e-4, help="SGD weight decay (default: %(default)s)")
+    g.add_argument("--momentum", type=_nonneg_float, default=None, help="SGD momentum (default 0.9)")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum (default: on for digits and cifar10, off for imagenet, as published)")
+    g.add_argument("--weight-decay", type=_nonneg_float, default=None,
+                   help="SGD weight decay (default: 5e-4 digits and cifar10, 1e-4 imagenet, as published)")
     g.add_argument("--schedule", choices=("step", "cosine"), default=None,
-                   help="learning-rate schedule, stepped once per epoch: step = x0.2 at 30/60/80/90%% of "
-                        "the epochs; cosine = cosine annealing to 0 (default: step, cosine for imagenet)")
+                   help="learning-rate schedule: step = x0.2 at 30/60/80/90%% of the epochs; cosine = cosine "
+                        "annealing to 0 (default: step, cosine for imagenet)")
+    g.add_argument("--schedule-unit", choices=SCHEDULE_UNITS, default=None,
+                   help="the schedule steps once per epoch or after every iteration (default: epoch, iteration "
+                        "for imagenet as published)")
     g.add_argument("--seed", type=int, default=0, help="seed of the model init, data split and shuffling (default: %(default)s)")
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     g.add_argument("--threads", type=_positive_int, default=None,
@@ -158,38 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dense-baseline", action="store_true",
                    help="also train a dense model of the same length and seed, for the comparison table")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration (the recipe with every default filled in) as JSON "
+                        "and exit without training")
 
     g = p.add_argument_group("one-cycle pruning")
-    g.add_argument("--target", choices=("macs", "params"), default="macs",
-                   help="what --reduction measures (default: %(default)s)")
-    g.add_argument("--reduction", type=_fraction, default=0.5,
-                   help="fraction of the dense model's MACs (or params) to remove, in (0, 1) (default: %(default)s)")
-    g.add_argument("--monitor-start", type=_nonneg_int, default=None,
-                   help="0-based epoch at which the sub-network search and stability monitoring start "
-                        "(default: published 2 scaled to --epochs, at least 1)")
-    g.add_argument("--sl-start", type=_sl_start_arg, default=None,
-                   help="0-based epoch at which sparsity learning starts, or 'auto' (first plateau of the "
-                        "stability indicator after epoch 3) (default: published value scaled to --epochs)")
-    g.add_argument("--sl-end", type=_nonneg_int, default=None,
-                   help="0-based epoch by whose end the model is pruned at the latest, if it has not become "
-                        "stable before (default: published value scaled to --epochs)")
-    g.add_argument("--reg", type=_nonneg_float, default=1e-4,
-                   help="initial regularisation strength of sparsity learning (default: %(default)s)")
-    g.add_argument("--reg-delta", type=_nonneg_float, default=1e-4,
-                   help="added to the regularisation strength every --reg-interval epochs (default: %(default)s)")
-    g.add_argument("--reg-interval", type=_positive_int, default=None,
-                   help="epochs between increases of the regularisation strength (default: 1, 2 for imagenet)")
-    g.add_argument("--regularizer", choices=("both", "shrink", "group_lasso"), default="both",
-                   help="shrink: scale the channels chosen for removal by (1 - reg*lr) after each step (what "
-                        "the published code does); group_lasso: the paper's penalty gradient; both (default: %(default)s)")
-    g.add_argument("--stability-threshold", type=float, default=0.999,
-                   help="prune when the stability indicator (mean Jaccard similarity of recent sub-networks, "
-                        "0..1) exceeds this (default: %(default)s)")
-    g.add_argument("--layer-limit", type=_fraction, default=0.75,
-                   help="at most this fraction of a layer's channels may be removed (times 1 - exp(-k*C)) (default: %(default)s)")
-    g.add_argument("--layer-limit-k", type=_nonneg_float, default=1.0, help="k of the layer limit above (default: %(default)s)")
-    g.add_argument("--round-to", type=_positive_int, default=None,
-                   help="keep channel counts multiples of this (default: no rounding)")
+    PrunerConfig.add_arguments(g, defaults={
+        "monitor_start": "published 2 scaled to --epochs, at least 1",
+        "sl_start": "published value scaled to --epochs",
+        "sl_end": "published value scaled to --epochs",
+        "reg": "1e-4 at the recipe's length, auto when --epochs differs",
+        "reg_interval": "1, 2 for imagenet",
+        "reselect_at_prune": "off, on for imagenet",
+    }, flags=_FLAGS)
 
     g = p.add_argument_group("files")
     g.add_argument("--checkpoint", default=None,
@@ -202,13 +221,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_FLAGS = {"total_epochs": "--epochs"}  # pruner options this command sets from other flags
+
+
+def _flags(message: str) -> str:
+    """A config error message with option names written as this command's flags."""
+    return PrunerConfig.as_flags(message, _FLAGS)
+
+
 def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Fill the data set's presets in, check the combination and build ``args.pruner_config``."""
     pre = PRESETS[args.data]
     args.model = args.model or pre.model
     if args.data not in _MODEL_DATA[args.model]:
         parser.error(f"--model {args.model} does not fit --data {args.data} "
                      f"(it is for --data {' or '.join(_MODEL_DATA[args.model])})")
-    if args.data != "digits" and not args.data_root:
+    if args.data != "digits" and not args.data_root and not args.print_config:
         parser.error(f"--data {args.data} needs --data-root (nothing is downloaded)")
     if args.resume and not args.checkpoint:
         parser.error("--resume needs --checkpoint PATH")
@@ -218,34 +246,71 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
     if not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
     args.schedule = args.schedule or pre.schedule
+    args.schedule_unit = args.schedule_unit or pre.schedule_unit
+    args.momentum = pre.momentum if args.momentum is None else args.momentum
+    args.nesterov = pre.nesterov if args.nesterov is None else args.nesterov
+    args.weight_decay = pre.weight_decay if args.weight_decay is None else args.weight_decay
     args.workers = pre.workers if args.workers is None else args.workers
-    args.reg_interval = args.reg_interval or pre.reg_interval
     e, ref = args.epochs, pre.ref_epochs
-    if args.monitor_start is None:
-        args.monitor_start = _scaled(pre.monitor_start, e, ref, 1)
-    if args.sl_start is None:
-        args.sl_start = pre.sl_start if pre.sl_start == "auto" else _scaled(int(pre.sl_start), e, ref, 1)
-    if args.sl_end is None:
-        args.sl_end = _scaled(pre.sl_end, e, ref, 1)
-    if args.sl_end >= args.epochs:
-        parser.error(f"--sl-end ({args.sl_end}) must be a 0-based epoch before --epochs ({args.epochs})")
-    if args.sl_start != "auto" and args.sl_start > args.sl_end:
-        parser.error(f"--sl-start ({args.sl_start}) must be <= --sl-end ({args.sl_end})")
-    if not 0.0 < args.stability_threshold <= 1.0:
-        parser.error(f"--stability-threshold must be in (0, 1], got {args.stability_threshold}")
+    presets = {
+        "total_epochs": args.epochs,
+        "monitor_start": _scaled(pre.monitor_start, e, ref, 1),
+        "sl_start": pre.sl_start if pre.sl_start == "auto" else _scaled(int(pre.sl_start), e, ref, 1),
+        "sl_end": _scaled(pre.sl_end, e, ref, 1),
+        # the published reg numbers make the published shrink only at the published length
+        "reg": pre.reg if e == ref else "auto",
+        "reg_delta": pre.reg_delta,
+        "reg_interval": pre.reg_interval,
+        "reselect_at_prune": pre.reselect_at_prune,
+    }
+    try:
+        args.pruner_config = PrunerConfig.from_args(args, **presets)
+    except ValueError as err:
+        parser.error(_flags(str(err)))
+    for f in dataclasses.fields(PrunerConfig):  # what the run uses, for the summary and --json
+        setattr(args, f.name, getattr(args.pruner_config, f.name))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.batch_size % world:
+        parser.error(f"--batch-size ({args.batch_size}) is the batch over all {world} torchrun processes and "
+                     "must be divisible by their number")
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
 
 
+def _start_distributed(args: argparse.Namespace) -> bool:
+    """Under ``torchrun`` (WORLD_SIZE > 1): one device per process, and join the process group.
+
+    NCCL on CUDA devices (``cuda:LOCAL_RANK``), gloo on the CPU. Returns whether it created
+    the process group (then :func:`main` destroys it at the end); a group initialised by the
+    caller is used as it is.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch.distributed as dist
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        args.device = str(device)
+    if dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
 def _loaders(args: argparse.Namespace):
     from . import data
 
+    shard = {"num_replicas": distributed.world_size(), "rank": distributed.rank()}
     if args.data == "digits":
-        return data.digits_loaders(batch_size=args.batch_size, seed=args.seed)
+        return data.digits_loaders(batch_size=args.batch_size, seed=args.seed, **shard)
     if args.data == "cifar10":
-        return data.cifar10_loaders(args.data_root, batch_size=args.batch_size, workers=args.workers, seed=args.seed)
-    return data.imagenet_loaders(args.data_root, batch_size=args.batch_size, workers=args.workers, seed=args.seed)
+        return data.cifar10_loaders(args.data_root, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
+                                    **shard)
+    return data.imagenet_loaders(args.data_root, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
+                                 **shard)
 
 
 def _num_classes(args: argparse.Namespace, train_loader) -> int:
@@ -289,7 +354,10 @@ def summary_table(pruned: TrainResult, dense: TrainResult | None = None, epochs:
     """The end-of-run table: dense vs one-cycle accuracy, MACs, params, prune epoch, overhead.
 
     MACs are per image (one forward pass), parameters are entries; percentages in
-    brackets are the reduction from the dense model.  The prune epoch is 0-based.  The
+    brackets are the reduction from the dense model.  The prune epoch is 0-based; under it,
+    the test accuracy right before and right after the physical prune (no training between),
+    their difference (the prune shock, points lost) and the share of the squared weight norm
+    the removed channels still held (near 0 when sparsity learning did its job).  The
     pruning overhead is the time spent in the pruner's hooks (``pruner.stats["total"]``)
     as a share of the run's wall time; the one-off setup (tracing, cost model) is listed
     apart.  Wall times include per-epoch evaluation and checkpointing.
@@ -310,6 +378,12 @@ def summary_table(pruned: TrainResult, dense: TrainResult | None = None, epochs:
         if rec is not None and rec.indicator is not None:
             pe += f", indicator {rec.indicator:.4f}"
     rows.append(("prune epoch", "-", pe))
+    if pruned.prune_shock is not None:
+        rows.append(("  accuracy before / after (%)", "-",
+                     f"{pruned.acc_before_prune:.2f} / {pruned.acc_after_prune:.2f}"))
+        rows.append(("  prune shock (points lost)", "-", f"{pruned.prune_shock:.2f}"))
+    if pruned.removed_norm_share is not None:
+        rows.append(("  norm share removed", "-", f"{100 * pruned.removed_norm_share:.3g} %"))
     rows.append(("pruning overhead", "-",
                  f"{pruned.pruner_overhead_pct:.2f} % ({pruned.pruner_seconds:.2f} s in hooks)"))
     rows.append(("pruner setup (s)", "-", f"{pruned.pruner_init_seconds:.2f}"))
@@ -325,31 +399,32 @@ def summary_table(pruned: TrainResult, dense: TrainResult | None = None, epochs:
 
 
 def run(args: argparse.Namespace) -> tuple[TrainResult, TrainResult | None, nn.Module]:
-    """Run the configured one-cycle training (and dense baseline); returns (pruned, dense, model)."""
+    """Run the configured one-cycle training (and dense baseline); returns (pruned, dense, model).
+
+    Under ``torchrun`` every process runs this (after :func:`_start_distributed`): each trains
+    a DDP replica on its shard; rank 0 writes the checkpoints and ``--save``.
+    """
     from .pruner import OneCyclePruner
 
     train_loader, test_loader = _loaders(args)
     num_classes = _num_classes(args, train_loader)
     pre = PRESETS[args.data]
     device = torch.device(args.device)
-    common: dict[str, Any] = dict(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                                  schedule=args.schedule, device=device, progress=not args.no_progress,
-                                  seed=args.seed, resume=args.resume)
+    group = torch.distributed.group.WORLD if distributed.world_size() > 1 else None
+    main_rank = distributed.is_main_process()
+    common: dict[str, Any] = dict(epochs=args.epochs, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+                                  weight_decay=args.weight_decay, schedule=args.schedule,
+                                  schedule_unit=args.schedule_unit, device=device,
+                                  progress=not args.no_progress and main_rank, seed=args.seed, resume=args.resume)
     model = _build_model(args, num_classes).to(device)
     example = torch.zeros((1, *pre.input_shape), device=device)
     try:
-        pruner = OneCyclePruner(
-            model, example, target=args.target, reduction=args.reduction, total_epochs=args.epochs,
-            monitor_start=args.monitor_start, sl_start=args.sl_start, sl_end=args.sl_end, reg=args.reg,
-            reg_delta=args.reg_delta, reg_interval=args.reg_interval, regularizer=args.regularizer,
-            stability_threshold=args.stability_threshold, layer_limit=args.layer_limit,
-            layer_limit_k=args.layer_limit_k, round_to=args.round_to,
-        )
+        pruner = OneCyclePruner(model, example, args.pruner_config, process_group=group)
     except ValueError as e:  # a configuration the pruner rejects (e.g. target unreachable)
-        raise ConfigError(str(e)) from e
+        raise ConfigError(_flags(str(e))) from e
     pruned = train(model, train_loader, test_loader, pruner=pruner, checkpoint=args.checkpoint,
                    desc="one-cycle", **common)
-    if args.save:
+    if args.save and main_rank:
         from .saving import save_pruned
 
         save_pruned(model, args.save)
@@ -361,26 +436,73 @@ def run(args: argparse.Namespace) -> tuple[TrainResult, TrainResult | None, nn.M
     return pruned, dense, model
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``oneprune`` console script; returns the exit status."""
+def _preset_name(data: str, epochs: int) -> str:
+    pre = PRESETS[data]
+    if data == "digits":
+        return f"digits: the published CIFAR-10 recipe scaled from {pre.ref_epochs} to {epochs} epochs"
+    if epochs == pre.ref_epochs:
+        return f"{data}: published"
+    return f"{data}: published, scaled from {pre.ref_epochs} to {epochs} epochs (reg auto)"
+
+
+def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything a run of ``args`` would use, as plain JSON values (what ``--print-config`` prints)."""
+    pre = PRESETS[args.data]
+    schedule: dict[str, Any] = {"kind": args.schedule, "unit": args.schedule_unit}
+    if args.schedule == "step":
+        schedule.update(milestones=list(CIFAR_MILESTONES), gamma=CIFAR_GAMMA)
+    return {
+        "data": args.data, "data_root": args.data_root, "model": args.model,
+        "preset": _preset_name(args.data, args.epochs),
+        "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
+        "optimizer": {"name": "SGD", "lr": args.lr, "momentum": args.momentum, "nesterov": args.nesterov,
+                      "weight_decay": args.weight_decay},
+        "lr_schedule": schedule,
+        "pruner": args.pruner_config.to_dict(),
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The resolved options of ``oneprune`` (presets filled in, ``args.pruner_config`` built)."""
     parser = build_parser()
-    args = _resolve(parser.parse_args(argv), parser)
+    return _resolve(parser.parse_args(argv), parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``oneprune`` console script; returns the exit status.
+
+    Under ``torchrun --nproc_per_node=N`` each process trains one DDP replica; rank 0 prints,
+    writes the checkpoint, ``--save`` and ``--json``.
+    """
+    args = parse_args(argv)
+    if args.print_config:
+        print(json.dumps(resolved_config(args), indent=1))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    started = _start_distributed(args)
     t0 = time.perf_counter()
     try:
         pruned, dense, _ = run(args)
+        main_rank, world = distributed.is_main_process(), distributed.world_size()
     except (FileNotFoundError, ImportError, ConfigError) as e:
         print(f"oneprune: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
     total = time.perf_counter() - t0
+    if not main_rank:
+        return 0
     schedule = f"monitor from epoch {args.monitor_start}, sparsity learning from {args.sl_start}, " \
                f"prune by {args.sl_end} at the latest"
-    print(f"\noneprune: {args.model} on {args.data}, {args.epochs} epochs, target -{100 * args.reduction:.0f} % "
+    procs = f", {world} processes" if world > 1 else ""
+    print(f"\noneprune: {args.model} on {args.data}, {args.epochs} epochs{procs}, target -{100 * args.reduction:.0f} % "
           f"{'MACs' if args.target == 'macs' else 'parameters'} ({schedule}); total {total:.1f} s")
     print(summary_table(pruned, dense, args.epochs))
     if args.json:
-        out = {"args": {k: v for k, v in vars(args).items()}, "pruned": pruned.to_dict(),
+        out = {"args": {k: v for k, v in vars(args).items() if k != "pruner_config"},
+               "pruner_config": args.pruner_config.to_dict(), "pruned": pruned.to_dict(),
                "dense": dense.to_dict() if dense else None, "total_seconds": total}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

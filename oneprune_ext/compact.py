@@ -2,20 +2,32 @@
 
 :func:`prune_channels` removes the channels not listed in ``keep`` from every tensor
 the groups touch.  Each parameter stays the *same* ``nn.Parameter`` object (only its
-``.data`` is replaced by a compacted view of its own storage), so an optimizer, hooks
-and references to the parameters stay valid; ``.grad`` and optimizer state tensors of
-the parameter's shape (SGD ``momentum_buffer``, Adam/AdamW ``exp_avg``,
-``exp_avg_sq``, ``max_exp_avg_sq``, ...) are compacted along the same dimensions.
+``.data`` is replaced), so an optimizer, hooks and references to the parameters stay
+valid; ``.grad`` and the optimizer's per-parameter state tensors (SGD
+``momentum_buffer``, Adam/AdamW ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, Adagrad
+``sum``, RMSprop ``square_avg``, ...) are compacted along the same dimensions.
 
-Prune between optimizer steps, with no autograd graph alive that was built from the
-old shapes (a kept loss, a traced graph holding ``grad_fn``), otherwise the next
-backward fails with an "invalid gradient ... shape" error.
+How a tensor is compacted: the kept entries move to the front of its own storage (the
+fused ``compact_many_`` op, all tensors in one call, along the tensor's memory order, so a
+``channels_last`` tensor stays ``channels_last``); then the kept entries are copied into a
+storage of exactly their size, one tensor at a time, and the dense storage is freed as soon
+as nothing else references it.  Memory only goes down: the peak is the dense model plus
+the largest single kept tensor.
+
+Loops that keep an autograd graph alive across the prune (the last batch's ``loss``, the
+``outputs``, a list of past losses) keep working: the parameters' cached gradient
+accumulators, which remember the dense shapes, are dropped, so the next forward builds
+new ones.  The old graph itself cannot be back-propagated any more (its tensors were
+compacted): its version counters are bumped, so such a backward raises PyTorch's "modified
+by an inplace operation" error instead of computing garbage.
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Any, Mapping, Sequence
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,8 +35,9 @@ import torch.nn as nn
 
 from . import ops
 from .groups import ChannelGroup, ChannelGroups, Slice
+from .memory_format import inverse_order, memory_order
 
-__all__ = ["prune_channels"]
+__all__ = ["prune_channels", "check_optimizer"]
 
 # The in-place moves: many tensors, each along one dim, in one fused call.
 _compact_many = ops.compact_many_
@@ -135,91 +148,219 @@ def _update_module_attrs(model: nn.Module, old_shapes: Mapping[str, tuple[int, .
             m.normalized_shape = tuple(int(n) for n in t.shape)
 
 
-def prune_channels(
-    model: nn.Module,
-    groups: ChannelGroups,
-    keep: Mapping[int, Sequence[int] | torch.Tensor],
-    optimizer: torch.optim.Optimizer | None = None,
-) -> ChannelGroups:
-    """Remove every channel not kept, in place, and return the updated groups.
+# ---------------------------------------------------------------------------------------------
+# optimizer state
+
+_SLICEABLE = "SGD, Adam, AdamW, NAdam, RAdam, Adamax, Adagrad, RMSprop, ..."
+
+
+def _refuse_state(optimizer: torch.optim.Optimizer, pname: str, key: str, what: str) -> ValueError:
+    return ValueError(
+        f"prune_channels: {type(optimizer).__name__} keeps state '{key}' of parameter '{pname}' as {what}; "
+        "only state tensors of the parameter's own shape (momentum, Adam moments, ...) and scalars can be "
+        "compacted with the channels, so nothing was pruned. Use an optimizer with per-element state "
+        f"({_SLICEABLE}), or leave this optimizer out of the prune (optimizer=None; for OneCyclePruner "
+        "epoch_end(epoch) without it) and build a new one over the pruned model's parameters afterwards.")
+
+
+def check_optimizer(
+    optimizer: torch.optim.Optimizer, model: Optional[nn.Module] = None
+) -> list[tuple[torch.nn.Parameter, str]]:
+    """Check that every per-parameter state tensor of ``optimizer`` can follow a prune.
+
+    Every state entry of every parameter the optimizer holds (pruned or not, ignored layers
+    included) must be a scalar (0-d tensor, number, ...) or a tensor of exactly the
+    parameter's shape; containers of tensors (LBFGS's history lists) and tensors of other
+    shapes (LBFGS's flat direction, factored second moments) cannot be sliced per channel.
 
     Args:
-        model: the network the groups were traced from (current shapes).
-        groups: its channel groups.
-        keep: group index -> sorted, distinct kept channel indices (ints or a 1-D
-            integer tensor); groups not listed keep all channels.
-        optimizer: optional; per-parameter state tensors with the parameter's shape are
-            compacted along the same dims (momentum, Adam moments).
+        optimizer: any ``torch.optim.Optimizer``.
+        model: names the parameters in the messages (optional).
 
     Returns:
-        New :class:`ChannelGroups` with sizes ``len(keep[i])`` and slice offsets
-        recomputed (concat offsets shift when earlier channels go).
+        ``(parameter, state key)`` of every state tensor of the parameter's shape.
 
     Raises:
-        ValueError: a bad ``keep`` (unknown group, empty, unsorted, duplicate,
-            out of range) or groups that do not match the model; nothing is changed.
+        ValueError: naming the optimizer, parameter and state key, and what to do instead.
     """
-    kept_idx = _validate_keep(groups, keep)
-    params = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
-    tensors: dict[str, torch.Tensor] = {**buffers, **params}
-    shapes = {n: tuple(t.shape) for n, t in tensors.items()}
-    masks = _kept_per_dim(groups, kept_idx, shapes)
+    names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+    index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    out: list[tuple[torch.nn.Parameter, str]] = []
+    for p, st in optimizer.state.items():
+        if not isinstance(p, torch.Tensor) or not isinstance(st, Mapping):
+            raise ValueError(
+                f"prune_channels: {type(optimizer).__name__} keeps state that is not per parameter; "
+                "nothing was pruned. Build a new optimizer after the prune and pass optimizer=None.")
+        pname = names.get(id(p), f"#{index.get(id(p), '?')} of the optimizer's param_groups")
+        for key, v in st.items():
+            if isinstance(v, torch.Tensor):
+                if v.dim() == 0:
+                    continue
+                if v.layout != torch.strided:
+                    raise _refuse_state(optimizer, pname, key, f"a {v.layout} tensor")
+                if tuple(v.shape) != tuple(p.shape):
+                    raise _refuse_state(optimizer, pname, key,
+                                        f"a tensor of shape {tuple(v.shape)} (the parameter is {tuple(p.shape)})")
+                out.append((p, key))
+            elif isinstance(v, (list, tuple, dict, set)) and _holds_tensor(v):
+                raise _refuse_state(optimizer, pname, key, f"a {type(v).__name__} of tensors")
+    return out
+
+
+def _holds_tensor(v: Any) -> bool:
+    if isinstance(v, torch.Tensor):
+        return True
+    if isinstance(v, dict):
+        return any(_holds_tensor(x) for x in v.values())
+    if isinstance(v, (list, tuple, set)):
+        return any(_holds_tensor(x) for x in v)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# the moves
+
+
+@dataclass
+class _Job:
+    """One tensor to compact: what it is (``kind``: data, grad, buffer, state), where it goes."""
+
+    kind: str
+    tensor: torch.Tensor
+    moves: list[tuple[int, torch.Tensor]]  # (logical dim, kept indices), any order
+    owner: Any  # the Parameter (data, grad), the module (buffer) or the state dict (state)
+    key: str = ""  # buffer attribute / state key
+
+
+def _collect_jobs(
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    buffers: dict[str, torch.Tensor],
+    by_tensor: dict[str, list[tuple[int, torch.Tensor]]],
+    optimizer: Optional[torch.optim.Optimizer],
+    state_keys: list[tuple[nn.Parameter, str]],
+) -> list[_Job]:
+    """Every tensor the prune compacts: optimizer state, parameter data then grads, buffers."""
+    name_of = {id(p): n for n, p in params.items()}
+    jobs: list[_Job] = []
+    if optimizer is not None:
+        for p, key in state_keys:
+            name = name_of.get(id(p))
+            if name in by_tensor:
+                st = optimizer.state[p]
+                jobs.append(_Job("state", st[key], by_tensor[name], st, key))
+    for name, moves in by_tensor.items():
+        if name in params:
+            p = params[name]
+            jobs.append(_Job("data", p.detach(), moves, p))
+            if p.grad is not None:
+                jobs.append(_Job("grad", p.grad, moves, p))
+        else:
+            owner, _, attr = name.rpartition(".")
+            jobs.append(_Job("buffer", buffers[name], moves, model.get_submodule(owner) if owner else model, attr))
+    return jobs
+
+
+def _compact_in_place(jobs: list[_Job]) -> list[torch.Tensor]:
+    """Move every job's kept entries to the front of its storage (one fused call).
+
+    Each tensor is compacted in its memory order (``t.permute(order)`` is contiguous), so
+    contiguous, ``channels_last`` and transposed tensors keep their layout. Returns the
+    compacted views, in the tensors' logical dim order.
+    """
+    views: list[torch.Tensor] = []
+    orders: list[tuple[int, ...]] = []
+    entries: list[tuple[torch.Tensor, int, torch.Tensor]] = []
+    last: list[int] = []  # index of each job's last entry
+    for job in jobs:
+        t = job.tensor
+        order = memory_order(t)
+        if order is None:  # gaps or overlap (a strided view): compact a dense copy
+            t = t.contiguous()
+            order = tuple(range(t.dim()))
+        v = t.permute(order)
+        for d, idx in sorted(((order.index(d), idx) for d, idx in job.moves), key=lambda x: x[0]):
+            entries.append((v, d, idx.to(v.device)))
+        orders.append(order)
+        last.append(len(entries) - 1)
+    outs = _compact_many([e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries])
+    for i, order in zip(last, orders):
+        views.append(outs[i].permute(inverse_order(order)))
+    return views
+
+
+def _set_param_data(p: nn.Parameter, data: torch.Tensor) -> None:
+    """``p.data = data``, dropping ``p``'s cached gradient accumulator.
+
+    An autograd graph built before the prune and still alive (a kept ``loss``) holds the
+    parameter's AccumulateGrad node, which remembers the dense shape; the next forward would
+    reuse it and backward would fail with "invalid gradient ... shape". PyTorch drops that
+    cache when ``.data`` is re-assigned with another dtype, so assign an empty tensor of
+    another dtype first.
+    """
+    other = torch.float32 if p.dtype == torch.float64 else torch.float64
+    p.data = torch.empty(0, dtype=other, device=p.device)
+    p.data = data
+
+
+def _put(job: _Job, value: torch.Tensor, first: bool) -> None:
+    if job.kind == "data":
+        if first:
+            _set_param_data(job.owner, value)
+        else:
+            job.owner.data = value
+    elif job.kind == "grad":
+        job.owner.grad = value
+    elif job.kind == "buffer":
+        job.owner._buffers[job.key] = value
+    else:
+        job.owner[job.key] = value
+
+
+def _owning_copy(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in a storage of exactly its size (same strides); ``t`` itself if it already is."""
+    if t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size():
+        return t
+    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    out.copy_(t)
+    return out
+
+
+def _release(jobs: list[_Job], views: list[torch.Tensor]) -> None:
+    """Give every compacted tensor a storage of its own size, one tensor at a time."""
+    for i, job in enumerate(jobs):
+        try:
+            _put(job, _owning_copy(views[i]), first=False)
+        except torch.OutOfMemoryError:
+            warnings.warn(
+                "prune_channels: out of memory while releasing the pruned channels' memory; the model is "
+                "pruned correctly but some tensors still hold their dense storage", RuntimeWarning, stacklevel=3)
+            return
+        views[i] = None  # type: ignore[call-overload]  # drop the dense view: frees its storage
+
+
+def _moves_per_tensor(masks: Mapping[tuple[str, int], torch.Tensor]) -> dict[str, list[tuple[int, torch.Tensor]]]:
     by_tensor: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for (name, dim), m in masks.items():
         if not bool(m.all()):
             by_tensor.setdefault(name, []).append((dim, m.nonzero().flatten()))
-    # validate optimizer state before changing anything
-    state_moves: list[tuple[dict, str, str]] = []
-    if optimizer is not None:
-        for name, p in params.items():
-            if name not in by_tensor or p not in optimizer.state:
-                continue
-            for key, v in optimizer.state[p].items():
-                if isinstance(v, torch.Tensor) and v.dim() > 0:
-                    if tuple(v.shape) != shapes[name]:
-                        raise ValueError(
-                            f"prune_channels: optimizer state '{key}' of '{name}' has shape {tuple(v.shape)}, "
-                            f"not the parameter's {shapes[name]}; cannot compact it")
-                    state_moves.append((optimizer.state[p], key, name))
-    for name, p in params.items():
-        if name in by_tensor and p.grad is not None and tuple(p.grad.shape) != shapes[name]:
-            raise ValueError(f"prune_channels: .grad of '{name}' does not have the parameter's shape")
+    return by_tensor
 
-    # Every tensor to compact (optimizer state, parameter data and grads, buffers) with its
-    # moves, all in one fused call: a tensor losing entries along several dims is named by
-    # consecutive entries (dims increasing) and moved once.
-    jobs: list[list] = []  # [tensor, moves, setter]
-    with torch.no_grad():
-        for state, key, name in state_moves:
-            jobs.append([state[key], by_tensor[name], lambda t, st=state, k=key: st.__setitem__(k, t)])
-        for name, moves in by_tensor.items():
-            t = tensors[name]
-            if name in params:
-                grad = t.grad
-                t.grad = None
-                jobs.append([t.data, moves, lambda v, p=t: setattr(p, "data", v)])
-                if grad is not None:
-                    jobs.append([grad, moves, lambda v, p=t: setattr(p, "grad", v)])
-            else:
-                owner, _, attr = name.rpartition(".")
-                mod = model.get_submodule(owner) if owner else model
-                jobs.append([t, moves, lambda v, m=mod, a=attr: m._buffers.__setitem__(a, v)])
-        entries: list[tuple[torch.Tensor, int, torch.Tensor]] = []
-        last: list[int] = []  # index of each job's last entry
-        for job in jobs:
-            t = job[0] if job[0].is_contiguous() else job[0].contiguous()
-            for dim, idx in sorted(job[1], key=lambda x: x[0]):
-                entries.append((t, dim, idx.to(t.device)))
-            last.append(len(entries) - 1)
-        outs = _compact_many([e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries])
-        for job, i in zip(jobs, last):
-            job[0] = outs[i]
-        # parameters' data first, then their grads (a grad must match the new data's shape)
-        for tensor, _, setter in jobs:
-            setter(tensor)
-    _update_module_attrs(model, shapes, set(by_tensor))
 
+def _check_grads(params: Mapping[str, nn.Parameter], by_tensor: Mapping[str, Any]) -> None:
+    for name in by_tensor:
+        p = params.get(name)
+        if p is None or p.grad is None:
+            continue
+        if p.grad.layout != torch.strided or tuple(p.grad.shape) != tuple(p.shape):
+            raise ValueError(
+                f"prune_channels: .grad of '{name}' ({p.grad.layout}, shape {tuple(p.grad.shape)}) is not a dense "
+                f"tensor of the parameter's shape {tuple(p.shape)}; zero the gradients with "
+                "optimizer.zero_grad(set_to_none=True) before the prune")
+
+
+def _new_groups(groups: ChannelGroups, masks: Mapping[tuple[str, int], torch.Tensor],
+                kept_idx: Mapping[int, list[int]]) -> ChannelGroups:
     new_groups: list[ChannelGroup] = []
     for gi, g in enumerate(groups):
         sl: list[Slice] = []
@@ -231,3 +372,73 @@ def prune_channels(
         size = len(kept_idx[gi]) if gi in kept_idx else g.size
         new_groups.append(ChannelGroup(size=size, slices=tuple(sl), name=g.name))
     return ChannelGroups(new_groups)
+
+
+def prune_channels(
+    model: nn.Module,
+    groups: ChannelGroups,
+    keep: Mapping[int, Sequence[int] | torch.Tensor],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> ChannelGroups:
+    """Remove every channel not kept, in place, and return the updated groups.
+
+    Parameters stay the same objects; their ``.data``, ``.grad`` (never created for a
+    parameter without one, e.g. a frozen one), the BN buffers and the optimizer's
+    per-parameter state get the kept entries, each in a storage of exactly its new size and
+    in its own memory format (``channels_last`` stays ``channels_last``). Safe while an
+    autograd graph of the dense model is alive (see the module docs).
+
+    Args:
+        model: the network the groups were traced from (current shapes).
+        groups: its channel groups.
+        keep: group index -> sorted, distinct kept channel indices (ints or a 1-D
+            integer tensor); groups not listed keep all channels.
+        optimizer: optional; its per-parameter state tensors of the parameter's shape are
+            compacted along the same dims (any ``torch.optim`` optimizer with per-element
+            state: SGD, Adam, AdamW, NAdam, RAdam, Adamax, Adagrad, RMSprop, ...).
+
+    Returns:
+        New :class:`ChannelGroups` with sizes ``len(keep[i])`` and slice offsets
+        recomputed (concat offsets shift when earlier channels go).
+
+    Raises:
+        ValueError: a bad ``keep`` (unknown group, empty, unsorted, duplicate, out of
+            range), groups that do not match the model, a gradient that is not a dense
+            tensor of its parameter's shape, or an optimizer whose state cannot be sliced
+            (:func:`check_optimizer`); nothing is changed then.
+    """
+    kept_idx = _validate_keep(groups, keep)
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    shapes = {n: tuple(t.shape) for n, t in {**buffers, **params}.items()}
+    masks = _kept_per_dim(groups, kept_idx, shapes)
+    by_tensor = _moves_per_tensor(masks)
+    state_keys = check_optimizer(optimizer, model) if optimizer is not None else []
+    _check_grads(params, by_tensor)
+
+    # everything is validated: from here on the model changes
+    with torch.no_grad():
+        jobs = _collect_jobs(model, params, buffers, by_tensor, optimizer, state_keys)
+        views = _compact_in_place(jobs)
+        # A graph of the dense model that is still alive can no longer be back-propagated: bump the
+        # version counters its saved tensors check, so such a backward raises instead of reading
+        # compacted data (best effort: e.g. inference tensors have no version counter).
+        try:
+            torch.autograd.graph.increment_version(
+                [params[n] for n in by_tensor if n in params] + [j.tensor for j in jobs if j.kind == "buffer"])
+        except RuntimeError:
+            pass
+        for job in jobs:
+            job.tensor = None  # type: ignore[assignment]  # no reference to a dense storage stays here
+        # Phase 1: the compacted views (a consistent pruned model). Data before grads: a grad
+        # must match its parameter's new shape, so clear it first.
+        for job in jobs:
+            if job.kind == "data":
+                job.owner.grad = None
+        for job, v in zip(jobs, views):
+            _put(job, v, first=True)
+        # Phase 2: exact-size storages; each dense one is freed as its last view goes.
+        _release(jobs, views)
+        del jobs, views
+    _update_module_attrs(model, shapes, set(by_tensor))
+    return _new_groups(groups, masks, kept_idx)

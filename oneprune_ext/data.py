@@ -5,6 +5,10 @@
 * :func:`cifar10_loaders`: CIFAR-10 from an extracted folder (never downloads);
 * :func:`imagenet_loaders`: ImageNet-style ``train/`` and ``val/`` class folders.
 
+Under ``torchrun`` pass ``num_replicas`` (the world size) and ``rank``: each process then loads
+its shard (:class:`EpochShuffleSampler` shards like ``DistributedSampler``; the test set is split
+without padding by :class:`ShardSampler`), and ``batch_size`` is the batch over all processes.
+
 torchvision is imported only inside the CIFAR / ImageNet functions.
 
 Reproducibility: the training loaders shuffle with :class:`EpochShuffleSampler`, whose order
@@ -23,6 +27,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 __all__ = [
     "EpochShuffleSampler",
+    "ShardSampler",
     "digits_loaders",
     "cifar10_loaders",
     "imagenet_loaders",
@@ -39,16 +44,34 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """Random permutation of ``range(n)`` that is a pure function of ``(seed, epoch)``.
+    """Random permutation of ``range(n)`` that is a pure function of ``(seed, epoch)``; optionally
+    this rank's shard of it, as a ``DistributedSampler`` gives.
 
     Each iteration uses the current ``epoch`` and then advances it by one, so a plain loop
     gets a fresh order every epoch; ``set_epoch(e)`` (call it at the start of every epoch)
     pins the order to epoch ``e``, which makes resumed runs see the same batches.
+
+    With ``num_replicas = R > 1`` (one per ``torchrun`` process), the permutation is padded
+    with its first entries to a multiple of ``R`` and rank ``r`` takes positions ``r, r + R,
+    r + 2R, ...``: every rank gets the same number of samples (so the same number of batches;
+    DDP needs that), and with a per-rank batch of ``B / R`` the ``R`` ranks' ``k``-th batches
+    together are exactly the ``k``-th batch of size ``B`` of the single-process order.
+
+    Args:
+        n: dataset size.
+        seed: the shuffle's seed.
+        num_replicas: number of shards (processes); 1 for a single process.
+        rank: this process's shard, in ``[0, num_replicas)``.
     """
 
-    def __init__(self, n: int, seed: int = 0) -> None:
+    def __init__(self, n: int, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"EpochShuffleSampler: need num_replicas >= 1 and 0 <= rank < num_replicas, "
+                             f"got num_replicas={num_replicas}, rank={rank}")
         self.n = int(n)
         self.seed = int(seed)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -60,10 +83,40 @@ class EpochShuffleSampler(Sampler[int]):
         g.manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(self.n, generator=g).tolist()
         self.epoch += 1
+        if self.num_replicas > 1:
+            total = len(self) * self.num_replicas
+            perm = (perm * (total // max(self.n, 1) + 1))[:total] if self.n else []
+            perm = perm[self.rank::self.num_replicas]
         return iter(perm)
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.num_replicas)
+
+
+class ShardSampler(Sampler[int]):
+    """Rank ``rank``'s share of ``range(n)`` in order (positions ``rank, rank + R, ...``), without
+    padding: for evaluation, where every sample must count once (sum the counts over ranks)."""
+
+    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"ShardSampler: need 0 <= rank < num_replicas, got rank={rank}, "
+                             f"num_replicas={num_replicas}")
+        self.n, self.num_replicas, self.rank = int(n), int(num_replicas), int(rank)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.num_replicas))
+
+
+def _per_rank_batch(batch_size: int, num_replicas: int) -> int:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size % num_replicas:
+        raise ValueError(f"batch_size ({batch_size}) is the batch over all {num_replicas} processes and must be "
+                         "divisible by their number")
+    return batch_size // num_replicas
 
 
 def digits_loaders(
@@ -73,6 +126,8 @@ def digits_loaders(
     image_size: int = 8,
     *,
     test_batch_size: int | None = None,
+    num_replicas: int = 1,
+    rank: int = 0,
 ) -> tuple[DataLoader, DataLoader]:
     """Train/test loaders over scikit-learn's bundled digits (10 classes, 1797 images).
 
@@ -88,6 +143,8 @@ def digits_loaders(
         image_size: side in pixels; 8 is native, larger sizes are bilinear upsamplings
             (applied once, before normalisation).
         test_batch_size: test batch size (default: ``max(batch_size, 256)``).
+        num_replicas, rank: under ``torchrun``, the number of processes and this one's rank:
+            the loaders yield this rank's shard, ``batch_size / num_replicas`` samples a batch.
 
     Returns:
         ``(train_loader, test_loader)``; labels are int64 class ids 0..9.  The training
@@ -101,8 +158,7 @@ def digits_loaders(
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8 (the native digits size), got {image_size}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    local_batch = _per_rank_batch(batch_size, num_replicas)
 
     digits = load_digits()
     x = digits.images.astype(np.float32)  # [N, 8, 8], values 0..16
@@ -125,8 +181,10 @@ def digits_loaders(
     y_t = torch.from_numpy(y)
     train_ds = TensorDataset(x_train, y_t[idx_train_t])
     test_ds = TensorDataset(x_test, y_t[idx_test_t])
-    train = DataLoader(train_ds, batch_size=batch_size, sampler=EpochShuffleSampler(len(train_ds), seed))
-    test = DataLoader(test_ds, batch_size=test_batch_size or max(batch_size, 256), shuffle=False)
+    train = DataLoader(train_ds, batch_size=local_batch,
+                       sampler=EpochShuffleSampler(len(train_ds), seed, num_replicas, rank))
+    test = DataLoader(test_ds, batch_size=test_batch_size or max(batch_size, 256),
+                      sampler=ShardSampler(len(test_ds), num_replicas, rank))
     return train, test
 
 
@@ -161,6 +219,8 @@ def cifar10_loaders(
     *,
     test_batch_size: int | None = None,
     seed: int = 0,
+    num_replicas: int = 1,
+    rank: int = 0,
 ) -> tuple[DataLoader, DataLoader]:
     """CIFAR-10 train/test loaders from an extracted folder (never downloads).
 
@@ -172,6 +232,7 @@ def cifar10_loaders(
         batch_size: training batch size; ``test_batch_size`` defaults to ``max(batch_size, 256)``.
         workers: DataLoader worker processes.
         seed: seed of the training shuffle (:class:`EpochShuffleSampler`).
+        num_replicas, rank: under ``torchrun``: this rank's shard (``batch_size`` is over all ranks).
 
     Raises:
         FileNotFoundError: the extracted folder is missing (the message says what to do).
@@ -189,7 +250,7 @@ def cifar10_loaders(
             f"CIFAR-10 under {root!r} is incomplete or corrupted (torchvision could not read it); re-extract "
             "cifar-10-python.tar.gz there."
         ) from e
-    return _loaders(train_ds, test_ds, batch_size, test_batch_size, workers, seed)
+    return _loaders(train_ds, test_ds, batch_size, test_batch_size, workers, seed, num_replicas, rank)
 
 
 def imagenet_loaders(
@@ -202,12 +263,15 @@ def imagenet_loaders(
     val_resize: int = 256,
     val_crop: int = 224,
     seed: int = 0,
+    num_replicas: int = 1,
+    rank: int = 0,
 ) -> tuple[DataLoader, DataLoader]:
     """ImageNet train/val loaders over ``root/train`` and ``root/val`` class folders (ImageFolder).
 
     Training: RandomResizedCrop(``train_crop``), horizontal flip, normalisation by
     :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`; validation: resize the short side to
-    ``val_resize``, centre crop ``val_crop``, normalisation.
+    ``val_resize``, centre crop ``val_crop``, normalisation. ``num_replicas`` / ``rank``: under
+    ``torchrun``, this rank's shard (``batch_size`` is over all ranks).
 
     Raises:
         FileNotFoundError: ``root/train`` or ``root/val`` is missing.
@@ -225,16 +289,17 @@ def imagenet_loaders(
     val_tf = T.Compose([T.Resize(val_resize), T.CenterCrop(val_crop), T.ToTensor(), norm])
     train_ds = datasets.ImageFolder(os.path.join(root, "train"), transform=train_tf)
     val_ds = datasets.ImageFolder(os.path.join(root, "val"), transform=val_tf)
-    return _loaders(train_ds, val_ds, batch_size, test_batch_size, workers, seed)
+    return _loaders(train_ds, val_ds, batch_size, test_batch_size, workers, seed, num_replicas, rank)
 
 
-def _loaders(train_ds, test_ds, batch_size: int, test_batch_size: int | None, workers: int, seed: int):
+def _loaders(train_ds, test_ds, batch_size: int, test_batch_size: int | None, workers: int, seed: int,
+             num_replicas: int = 1, rank: int = 0):
     pin = torch.cuda.is_available()
     persistent = workers > 0
     train = DataLoader(
         train_ds,
-        batch_size=batch_size,
-        sampler=EpochShuffleSampler(len(train_ds), seed),
+        batch_size=_per_rank_batch(batch_size, num_replicas),
+        sampler=EpochShuffleSampler(len(train_ds), seed, num_replicas, rank),
         num_workers=workers,
         pin_memory=pin,
         drop_last=False,
@@ -243,7 +308,7 @@ def _loaders(train_ds, test_ds, batch_size: int, test_batch_size: int | None, wo
     test = DataLoader(
         test_ds,
         batch_size=test_batch_size or max(batch_size, 256),
-        shuffle=False,
+        sampler=ShardSampler(len(test_ds), num_replicas, rank),
         num_workers=workers,
         pin_memory=pin,
         persistent_workers=persistent,

@@ -9,8 +9,16 @@
         pruner.before_step()
         optimizer.step()
         pruner.after_step(lr)
+        scheduler.step()                 # schedule_unit="iteration" only
+    if pruner.will_prune(epoch):
+        evaluate(model, test_loader)     # accuracy right before the prune
     pruner.epoch_end(epoch, optimizer)   # may prune the model in place
-    scheduler.step()
+    scheduler.step()                     # schedule_unit="epoch" (default)
+    evaluate(model, test_loader)         # the epoch's test accuracy (right after a prune)
+
+The two evaluations around the prune have no training step between them, so their difference,
+the *prune shock* (:attr:`TrainResult.prune_shock`), shows what the prune itself did: near 0
+when sparsity learning had already shrunk the removed channels to almost nothing.
 
 Pruning happens in place between steps, so the optimizer and the learning-rate
 scheduler are the same objects for the whole run (momentum is kept for the kept
@@ -23,6 +31,12 @@ history and the wall time so far.  ``resume=True`` continues from such a file; o
 the result is bit-identical to an uninterrupted run with the same seed (the data
 loader must shuffle with a sampler that has ``set_epoch``, as the loaders of
 :mod:`oneprune_ext.data` do).
+
+Under ``torchrun`` (an initialised process group with more than one rank) the model trains
+as a ``DistributedDataParallel`` replica on each rank's shard of the data, is re-wrapped after
+the in-place prune, every rank evaluates its shard of the test set (counts summed), and only
+rank 0 writes checkpoints and shows progress; rank 0's BN statistics are copied to every rank
+at the end of each epoch, so all ranks end with bit-identical models.
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from . import distributed as _dist
 from .saving import atomic_save
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,6 +90,13 @@ class EpochRecord:
         macs: MACs per sample of the model after the epoch.
         params: parameter count after the epoch.
         seconds: wall time of the epoch (training, evaluation and checkpoint), in seconds.
+        removed_norm_share: share of the squared weight norm the channels chosen for removal
+            held at the end of the epoch, before any prune (0..1; ``None`` when no sub-network
+            was chosen: dense phase, after the prune, no pruner).
+        shrink: the pruner's shrink so far, ``sum of reg * lr`` over its sparsity-learning
+            steps (``None`` without a pruner).
+        acc_before_prune / acc_after_prune: test accuracy (percent) right before and right
+            after the physical prune, with no training in between; ``None`` unless ``pruned_now``.
     """
 
     epoch: int
@@ -90,6 +112,10 @@ class EpochRecord:
     macs: int
     params: int
     seconds: float
+    removed_norm_share: float | None = None
+    shrink: float | None = None
+    acc_before_prune: float | None = None
+    acc_after_prune: float | None = None
 
 
 @dataclass
@@ -111,6 +137,11 @@ class TrainResult:
         pruner_init_seconds: the pruner's one-off construction (tracing, cost model,
             layout; ``pruner.init_seconds``), in seconds; not part of ``wall_time`` or
             ``pruner_seconds`` (the pruner is built before :func:`train` is called).
+        acc_before_prune / acc_after_prune: test accuracy (percent) right before and right
+            after the physical prune, no training in between; ``None`` if not pruned.
+        removed_norm_share: share of the squared weight norm the removed channels held right
+            before the prune (0..1), or ``None``.
+        shrink_at_prune: the pruner's shrink (``sum of reg * lr``) when it pruned, or ``None``.
     """
 
     history: list[EpochRecord] = field(default_factory=list)
@@ -124,6 +155,18 @@ class TrainResult:
     pruner_seconds: float = 0.0
     pruner_overhead_pct: float = 0.0
     pruner_init_seconds: float = 0.0
+    acc_before_prune: float | None = None
+    acc_after_prune: float | None = None
+    removed_norm_share: float | None = None
+    shrink_at_prune: float | None = None
+
+    @property
+    def prune_shock(self) -> float | None:
+        """Accuracy lost by the prune itself, in points: ``acc_before_prune - acc_after_prune``
+        (``None`` if not pruned; negative when the prune happened to gain accuracy)."""
+        if self.acc_before_prune is None or self.acc_after_prune is None:
+            return None
+        return self.acc_before_prune - self.acc_after_prune
 
     @property
     def macs_reduction(self) -> float:
@@ -140,6 +183,7 @@ class TrainResult:
         d = dataclasses.asdict(self)
         d["macs_reduction"] = self.macs_reduction
         d["params_reduction"] = self.params_reduction
+        d["prune_shock"] = self.prune_shock
         return d
 
 
@@ -182,10 +226,14 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu") -> float:
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu", *,
+             process_group: Any = None) -> float:
     """Top-1 accuracy of ``model`` over ``loader``, in percent (0..100).
 
-    The model is put in eval mode for the pass and its previous mode is restored.
+    The model is put in eval mode for the pass and its previous mode is restored. With
+    ``process_group`` (under ``torch.distributed``) every rank evaluates its shard of the data
+    and the counts are summed over the ranks (one all-reduce), so all ranks return the
+    accuracy over the whole data set.
     """
     was_training = model.training
     model.eval()
@@ -199,6 +247,11 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "c
             total += int(y.numel())
     finally:
         model.train(was_training)
+    if process_group is not None:
+        counts = _dist.all_reduce_sum(
+            torch.stack([correct.to(torch.float64), torch.tensor(float(total), dtype=torch.float64, device=device)]),
+            process_group)
+        correct, total = counts[0], int(counts[1].item())
     if total == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     return 100.0 * float(correct.item()) / total
@@ -257,17 +310,38 @@ def _load_checkpoint(path: str) -> dict[str, Any]:
 # the loop
 
 
+SCHEDULE_UNITS = ("epoch", "iteration")
+
+
 def _make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int,
-                    milestones: Sequence[float], gamma: float) -> torch.optim.lr_scheduler.LRScheduler:
+                    milestones: Sequence[float], gamma: float,
+                    steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LRScheduler:
+    """The lr scheduler, in units of its steps: epochs, or iterations (``steps_per_epoch`` per epoch)."""
     if schedule == "step":
         bad = [m for m in milestones if not 0.0 < float(m) < 1.0]
         if bad:
             raise ValueError(f"train: milestones are fractions of the run in (0, 1), got {list(milestones)}")
-        steps = sorted({max(1, int(round(float(m) * epochs))) for m in milestones})
+        steps = sorted({max(1, int(round(float(m) * epochs))) * steps_per_epoch for m in milestones})
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=steps, gamma=gamma)
     if schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     raise ValueError(f"train: schedule must be 'step' or 'cosine', got {schedule!r}")
+
+
+def _steps_per_epoch(loader: Iterable, unit: str) -> int:
+    """Scheduler steps per epoch: 1, or the training loader's batches for ``unit="iteration"``."""
+    if unit not in SCHEDULE_UNITS:
+        raise ValueError(f"train: schedule_unit must be one of {SCHEDULE_UNITS}, got {unit!r}")
+    if unit == "epoch":
+        return 1
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError("train: schedule_unit='iteration' needs a training loader with a length "
+                         "(len(train_loader) batches per epoch)") from None
+    if n < 1:
+        raise ValueError("train: the training loader yields no batches")
+    return int(n)
 
 
 def _set_sampler_epoch(loader: Iterable, epoch: int) -> None:
@@ -286,6 +360,252 @@ def _pruner_seconds(pruner: "OneCyclePruner | None") -> float:
     return float(pruner.stats.get("total", 0.0))
 
 
+@dataclass
+class _Run:
+    """Everything one training run carries from step to step (see :func:`train`)."""
+
+    model: nn.Module
+    net: nn.Module  # what the forward goes through: the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    pruner: "OneCyclePruner | None"
+    device: torch.device
+    example: torch.Tensor
+    config: dict[str, Any]
+    group: Any = None  # the process group under torch.distributed, else None
+    per_iteration: bool = False  # the scheduler steps after every optimizer step (else once per epoch)
+    history: list[EpochRecord] = field(default_factory=list)
+    start_epoch: int = 0
+    wall_before: float = 0.0  # wall time of earlier segments (resume)
+    pruner_before: float = 0.0  # pruner seconds of earlier segments, if its stats do not persist
+    dense_macs: int = 0
+    dense_params: int = 0
+    macs_now: int = 0
+    params_now: int = 0
+    t_start: float = 0.0
+
+
+@dataclass
+class _EpochSums:
+    loss: torch.Tensor
+    penalty: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+    steps: int = 0
+
+
+def _check_options(epochs: Any, lr: float, resume: bool, checkpoint: Any, pruner: Any) -> int:
+    if int(epochs) != epochs or epochs < 1:
+        raise ValueError(f"train: epochs must be a positive int, got {epochs!r}")
+    if lr <= 0 or not math.isfinite(lr):
+        raise ValueError(f"train: lr must be a positive number, got {lr!r}")
+    if resume and checkpoint is None:
+        raise ValueError("train: resume=True needs checkpoint=<path>")
+    if pruner is not None:
+        total = getattr(pruner, "total_epochs", epochs)
+        if total is not None and int(total) != epochs:
+            raise ValueError(f"train: the pruner was built with total_epochs={total} but epochs={epochs}; "
+                             "they must be equal (the pruning schedule is in epochs of this run)")
+    return int(epochs)
+
+
+def _process_group(pruner: "OneCyclePruner | None", use: bool | None) -> Any:
+    """The process group to train with (None: a single process)."""
+    active = _dist.world_size() > 1
+    if use is None:
+        use = active
+    if not use:
+        return None
+    if not active:
+        raise ValueError("train(distributed=True) needs an initialised process group with more than one rank "
+                         "(run under torchrun and call torch.distributed.init_process_group first)")
+    group = torch.distributed.group.WORLD
+    if pruner is not None and getattr(pruner, "process_group", None) is None:
+        raise ValueError("train: under torch.distributed the pruner must be built with process_group= "
+                         "(e.g. torch.distributed.group.WORLD) so every rank prunes the same channels")
+    return group
+
+
+def _wrap(model: nn.Module, run_device: torch.device, group: Any) -> nn.Module:
+    if group is None:
+        return model
+    ids = [run_device.index if run_device.index is not None else torch.cuda.current_device()] \
+        if run_device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, process_group=group)
+
+
+def _resume(run: _Run, ckpt_path: str) -> None:
+    """Restore a run from its checkpoint: pruner (reshapes the model) first, then the rest."""
+    data = _load_checkpoint(ckpt_path)
+    saved_cfg = data["config"]
+    diff = {k: (saved_cfg.get(k), v) for k, v in run.config.items() if saved_cfg.get(k) != v}
+    if diff:
+        raise ValueError(f"train(resume=True): checkpoint {ckpt_path!r} was written by a run with other "
+                         f"settings (saved, now): {diff}")
+    if data["pruner"] is not None:
+        assert run.pruner is not None  # guaranteed by the config check ("pruned_run")
+        run.pruner.load_state_dict(data["pruner"])  # reshapes the model if it was pruned
+    run.model.load_state_dict(data["model"])
+    run.optimizer.load_state_dict(data["optimizer"])
+    run.scheduler.load_state_dict(data["scheduler"])
+    _set_rng_state(data["rng"])
+    run.history = [EpochRecord(**h) for h in data["history"]]
+    run.start_epoch = int(data["epoch"])
+    run.wall_before = float(data["wall_time"])
+    run.dense_macs = int(data["dense_macs"])
+    run.dense_params = int(data["dense_params"])
+    run.pruner_before = float(data["pruner_seconds"]) - _pruner_seconds(run.pruner)
+
+
+def _train_epoch(run: _Run, loader: Iterable, epoch: int) -> tuple[_EpochSums, float]:
+    """One epoch of SGD steps, with the pruner's step hooks; returns the sums and the lr used."""
+    run.model.train()
+    _set_sampler_epoch(loader, epoch)
+    if run.pruner is not None:
+        run.pruner.epoch_start(epoch)
+    cur_lr = float(run.optimizer.param_groups[0]["lr"])
+    dev = run.device
+    sums = _EpochSums(loss=torch.zeros((), dtype=torch.float64, device=dev),
+                      penalty=torch.zeros((), dtype=torch.float64, device=dev),
+                      correct=torch.zeros((), dtype=torch.int64, device=dev))
+    for x, y in loader:
+        x = x.to(dev, non_blocking=True)
+        y = y.to(dev, non_blocking=True)
+        run.optimizer.zero_grad(set_to_none=True)
+        out = run.net(x)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        if run.pruner is not None:
+            pen = run.pruner.before_step()
+            if pen is not None:
+                sums.penalty += pen.detach().to(torch.float64)
+        run.optimizer.step()
+        if run.pruner is not None:
+            run.pruner.after_step(run.optimizer.param_groups[0]["lr"] if run.per_iteration else cur_lr)
+        if run.per_iteration:
+            run.scheduler.step()
+        n = int(y.numel())
+        sums.loss += loss.detach().to(torch.float64) * n
+        sums.correct += (out.detach().argmax(1) == y).sum()
+        sums.seen += n
+        sums.steps += 1
+    if sums.seen == 0:
+        raise ValueError("train: the training loader yielded no samples")
+    return sums, cur_lr
+
+
+def _accuracy_before_prune(run: _Run, test_loader: Iterable, epoch: int) -> float | None:
+    """Test accuracy right before the prune when ``epoch_end(epoch)`` is about to prune, else None."""
+    if run.pruner is None or not run.pruner.will_prune(epoch):
+        return None
+    if run.group is not None:
+        _dist.broadcast_buffers(run.model, run.group)  # rank 0's BN statistics, as after the prune
+    return evaluate(run.model, test_loader, run.device, process_group=run.group)
+
+
+def _end_epoch(run: _Run, test_loader: Iterable, epoch: int, sums: _EpochSums, cur_lr: float) -> EpochRecord:
+    """Evaluate right before a prune, prune (maybe), step the scheduler, evaluate; the epoch's record."""
+    acc_before = _accuracy_before_prune(run, test_loader, epoch)
+    report = run.pruner.epoch_end(epoch, run.optimizer) if run.pruner is not None else None
+    if not run.per_iteration:
+        run.scheduler.step()
+    pruned_now = bool(getattr(report, "pruned_now", False))
+    if pruned_now and run.group is not None:
+        run.net = _dist.rewrap(run.net)  # DDP's buckets hold the dense shapes
+    if pruned_now or epoch == run.start_epoch:
+        run.macs_now = count_macs(run.model, run.example)
+        run.params_now = count_params(run.model)
+    if run.group is not None:
+        _dist.broadcast_buffers(run.model, run.group)  # rank 0's BN statistics everywhere
+        stats = _dist.all_reduce_sum(torch.stack([
+            sums.loss, sums.correct.to(torch.float64), torch.tensor(float(sums.seen), device=run.device,
+                                                                    dtype=torch.float64)]), run.group)
+        sums = _EpochSums(loss=stats[0], penalty=sums.penalty, correct=stats[1], seen=int(stats[2].item()),
+                          steps=sums.steps)
+    test_acc = evaluate(run.model, test_loader, run.device, process_group=run.group)
+    return EpochRecord(
+        epoch=epoch,
+        lr=cur_lr,
+        train_loss=float(sums.loss.item()) / sums.seen,
+        train_acc=100.0 * float(sums.correct.item()) / sums.seen,
+        test_acc=test_acc,
+        penalty=float(sums.penalty.item()) / max(sums.steps, 1),
+        phase=str(getattr(report, "phase", "dense")),
+        indicator=None if report is None or report.indicator is None else float(report.indicator),
+        reg=None if report is None or report.reg is None else float(report.reg),
+        pruned_now=pruned_now,
+        macs=run.macs_now,
+        params=run.params_now,
+        seconds=0.0,
+        removed_norm_share=getattr(report, "removed_norm_share", None),
+        shrink=None if report is None else float(report.shrink),
+        acc_before_prune=acc_before if pruned_now else None,
+        acc_after_prune=test_acc if pruned_now else None,
+    )
+
+
+def _write_checkpoint(run: _Run, path: str, epoch: int) -> None:
+    """The whole run after ``epoch``, atomically; rank 0 only under torch.distributed."""
+    if not _dist.is_main_process(run.group):
+        return
+    atomic_save({
+        "format": _CKPT_FORMAT,
+        "config": run.config,
+        "epoch": epoch + 1,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "pruner": run.pruner.state_dict() if run.pruner is not None else None,
+        "rng": _rng_state(),
+        "history": [dataclasses.asdict(h) for h in run.history],
+        "wall_time": run.wall_before + (time.perf_counter() - run.t_start),
+        "pruner_seconds": run.pruner_before + _pruner_seconds(run.pruner),
+        "dense_macs": run.dense_macs,
+        "dense_params": run.dense_params,
+    }, path)
+
+
+def _show(bar: Any, run: _Run, rec: EpochRecord) -> None:
+    if bar is None:
+        return
+    post = {"loss": f"{rec.train_loss:.3f}", "acc": f"{rec.test_acc:.1f}%"}
+    if run.pruner is not None:
+        post["phase"] = rec.phase
+        if rec.indicator is not None:
+            post["psi"] = f"{rec.indicator:.3f}"
+        post["MACs"] = f"{100.0 * run.macs_now / run.dense_macs:.0f}%"
+    bar.set_postfix(post, refresh=False)
+    bar.update(1)
+
+
+def _result(run: _Run, test_loader: Iterable) -> TrainResult:
+    wall_time = run.wall_before + (time.perf_counter() - run.t_start)
+    pruner_seconds = run.pruner_before + _pruner_seconds(run.pruner)
+    prune_rec = next((h for h in run.history if h.pruned_now), None)
+    prune_epoch = None if prune_rec is None else prune_rec.epoch
+    if run.pruner is not None and prune_epoch is None and getattr(run.pruner, "prune_epoch", None) is not None:
+        prune_epoch = int(run.pruner.prune_epoch)
+    final_acc = run.history[-1].test_acc if run.history else evaluate(
+        run.model, test_loader, run.device, process_group=run.group)
+    return TrainResult(
+        history=run.history,
+        final_acc=final_acc,
+        dense_macs=run.dense_macs,
+        dense_params=run.dense_params,
+        final_macs=count_macs(run.model, run.example),
+        final_params=count_params(run.model),
+        prune_epoch=prune_epoch,
+        wall_time=wall_time,
+        pruner_seconds=pruner_seconds,
+        pruner_overhead_pct=100.0 * pruner_seconds / wall_time if wall_time > 0 else 0.0,
+        pruner_init_seconds=float(getattr(run.pruner, "init_seconds", 0.0)) if run.pruner is not None else 0.0,
+        acc_before_prune=None if prune_rec is None else prune_rec.acc_before_prune,
+        acc_after_prune=None if prune_rec is None else prune_rec.acc_after_prune,
+        removed_norm_share=None if prune_rec is None else prune_rec.removed_norm_share,
+        shrink_at_prune=None if prune_rec is None else prune_rec.shrink,
+    )
+
+
 def train(
     model: nn.Module,
     train_loader: DataLoader,
@@ -299,6 +619,7 @@ def train(
     schedule: str = "step",
     milestones: Sequence[float] = CIFAR_MILESTONES,
     gamma: float = CIFAR_GAMMA,
+    schedule_unit: str = "epoch",
     pruner: "OneCyclePruner | None" = None,
     device: torch.device | str = "cpu",
     checkpoint: str | os.PathLike | None = None,
@@ -306,213 +627,113 @@ def train(
     progress: bool = True,
     seed: int | None = 0,
     desc: str | None = None,
+    distributed: bool | None = None,
 ) -> TrainResult:
     """Train ``model`` from its current weights for ``epochs`` epochs, pruning if given a pruner.
+
+    The run, in named steps: set-up (model on ``device``, SGD, scheduler), resume from the
+    checkpoint (:func:`_resume`), then per epoch: train (:func:`_train_epoch`: the pruner's
+    ``epoch_start``, then per batch forward, backward, ``before_step``, ``optimizer.step()``,
+    ``after_step``), end the epoch (:func:`_end_epoch`: an evaluation right before the prune when
+    the pruner will prune, ``epoch_end`` -- may prune in place --, scheduler step, evaluation)
+    and write the checkpoint (:func:`_write_checkpoint`).
 
     Args:
         model: the network; moved to ``device`` and trained (and pruned) in place.
         train_loader / test_loader: DataLoaders yielding ``(inputs, int64 labels)``.  For
             exact resume the training loader's sampler must have ``set_epoch`` (called
-            with the 0-based epoch at the start of every epoch).
+            with the 0-based epoch at the start of every epoch). Under torch.distributed,
+            each rank's loaders yield its shard (see :mod:`oneprune_ext.data`).
         epochs: length of the run, in epochs (the whole run, also when resuming).
         lr: initial learning rate.
-        momentum, weight_decay, nesterov: SGD settings (published: 0.9, 5e-4, Nesterov).
+        momentum, weight_decay, nesterov: SGD settings (published CIFAR-10: 0.9, 5e-4, Nesterov;
+            published ImageNet: 0.9, 1e-4, no Nesterov).
         schedule: ``"step"`` (lr x ``gamma`` at each of ``milestones``) or ``"cosine"``
-            (cosine annealing to 0 over ``epochs``); the scheduler steps once per epoch.
+            (cosine annealing to 0 over the run).
         milestones: for ``"step"``, fractions of ``epochs`` in (0, 1) (published CIFAR:
             0.3, 0.6, 0.8, 0.9), rounded to the nearest epoch.
         gamma: lr multiplier at each milestone (published: 0.2).
+        schedule_unit: ``"epoch"``: the scheduler steps once per epoch (after ``epoch_end``);
+            ``"iteration"``: after every optimizer step, over ``epochs * len(train_loader)``
+            steps (the published ImageNet cosine); the pruner's ``after_step`` then gets each
+            step's own lr.
         pruner: a :class:`~oneprune_ext.pruner.OneCyclePruner` built on ``model`` with
             ``total_epochs == epochs``, or ``None`` for a dense run.
         device: where to train.
-        checkpoint: path of the per-epoch checkpoint (written atomically), or ``None``.
+        checkpoint: path of the per-epoch checkpoint (written atomically, by rank 0 only under
+            torch.distributed), or ``None``.
         resume: continue from ``checkpoint`` if that file exists (a fresh run otherwise).
             Pass the same freshly built model, loaders and a freshly built pruner as the
             original run; the pruner restores its state and reshapes the model first.
-        progress: show a tqdm bar over epochs.
+        progress: show a tqdm bar over epochs (rank 0 only).
         seed: seeds Python, NumPy and torch at the start of a fresh run (``None``: leave
             them); on resume the saved RNG states are restored instead.
         desc: label of the progress bar.
+        distributed: train with DistributedDataParallel over the default process group
+            (rebuilt after the prune; the pruner needs ``process_group=``); ``None``: when a
+            process group with more than one rank is initialised.
 
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult` (the same on every rank under torch.distributed).
 
     Raises:
         ValueError: a bad option (named in the message), a pruner whose ``total_epochs``
             differs from ``epochs``, ``resume`` without ``checkpoint``, or a checkpoint that
             does not match this run.
     """
-    if int(epochs) != epochs or epochs < 1:
-        raise ValueError(f"train: epochs must be a positive int, got {epochs!r}")
-    epochs = int(epochs)
-    if lr <= 0 or not math.isfinite(lr):
-        raise ValueError(f"train: lr must be a positive number, got {lr!r}")
-    if resume and checkpoint is None:
-        raise ValueError("train: resume=True needs checkpoint=<path>")
-    if pruner is not None:
-        total = getattr(pruner, "total_epochs", epochs)
-        if total is not None and int(total) != epochs:
-            raise ValueError(f"train: the pruner was built with total_epochs={total} but epochs={epochs}; "
-                             "they must be equal (the pruning schedule is in epochs of this run)")
+    epochs = _check_options(epochs, lr, resume, checkpoint, pruner)
+    group = _process_group(pruner, distributed)
     device = torch.device(device)
     ckpt_path = os.fspath(checkpoint) if checkpoint is not None else None
+    steps_per_epoch = _steps_per_epoch(train_loader, schedule_unit)
     config = {"epochs": epochs, "lr": float(lr), "momentum": float(momentum),
               "weight_decay": float(weight_decay), "nesterov": bool(nesterov), "schedule": schedule,
               "milestones": [float(m) for m in milestones], "gamma": float(gamma),
               "pruned_run": pruner is not None}
+    if schedule_unit != "epoch":  # (absent from checkpoints of per-epoch runs, as before it existed)
+        config["schedule_unit"] = schedule_unit
 
     model.to(device)
-    example = _first_input(train_loader).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                                 weight_decay=weight_decay, nesterov=nesterov and momentum > 0)
-    scheduler = _make_scheduler(optimizer, schedule, epochs, milestones, gamma)
-
-    history: list[EpochRecord] = []
-    start_epoch = 0
-    wall_before = 0.0  # wall time of earlier segments (resume)
-    pruner_before = 0.0  # pruner seconds of earlier segments, if its stats do not persist
-    dense_macs = count_macs(model, example)
-    dense_params = count_params(model)
-
+    run = _Run(model=model, net=model, optimizer=optimizer,
+               scheduler=_make_scheduler(optimizer, schedule, epochs, milestones, gamma, steps_per_epoch),
+               pruner=pruner, device=device, example=_first_input(train_loader).to(device), config=config,
+               group=group, per_iteration=schedule_unit == "iteration")
+    run.dense_macs = count_macs(model, run.example)
+    run.dense_params = count_params(model)
     if resume and ckpt_path is not None and os.path.exists(ckpt_path):
-        data = _load_checkpoint(ckpt_path)
-        saved_cfg = data["config"]
-        diff = {k: (saved_cfg.get(k), v) for k, v in config.items() if saved_cfg.get(k) != v}
-        if diff:
-            raise ValueError(f"train(resume=True): checkpoint {ckpt_path!r} was written by a run with other "
-                             f"settings (saved, now): {diff}")
-        if data["pruner"] is not None:
-            assert pruner is not None  # guaranteed by the config check ("pruned_run")
-            pruner.load_state_dict(data["pruner"])  # reshapes the model if it was pruned
-        model.load_state_dict(data["model"])
-        optimizer.load_state_dict(data["optimizer"])
-        scheduler.load_state_dict(data["scheduler"])
-        _set_rng_state(data["rng"])
-        history = [EpochRecord(**h) for h in data["history"]]
-        start_epoch = int(data["epoch"])
-        wall_before = float(data["wall_time"])
-        dense_macs = int(data["dense_macs"])
-        dense_params = int(data["dense_params"])
-        pruner_before = float(data["pruner_seconds"]) - _pruner_seconds(pruner)
+        _resume(run, ckpt_path)
     elif seed is not None:
         _seed_everything(int(seed))
+    run.net = _wrap(model, device, group)  # after the resume: the model has its final shapes
 
     bar = None
-    if progress:
+    if progress and _is_main(group):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, initial=start_epoch, desc=desc or ("one-cycle" if pruner else "dense"),
+        bar = tqdm(total=epochs, initial=run.start_epoch, desc=desc or ("one-cycle" if pruner else "dense"),
                    unit="epoch", dynamic_ncols=True, leave=True)
-
-    macs_now = count_macs(model, example) if start_epoch else dense_macs
-    params_now = count_params(model)
-    t_start = time.perf_counter()
+    run.macs_now = count_macs(model, run.example) if run.start_epoch else run.dense_macs
+    run.params_now = count_params(model)
+    run.t_start = time.perf_counter()
     try:
-        for epoch in range(start_epoch, epochs):
+        for epoch in range(run.start_epoch, epochs):
             t_epoch = time.perf_counter()
-            model.train()
-            _set_sampler_epoch(train_loader, epoch)
-            if pruner is not None:
-                pruner.epoch_start(epoch)
-            cur_lr = float(optimizer.param_groups[0]["lr"])
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            pen_sum = torch.zeros((), dtype=torch.float64, device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            seen = 0
-            steps = 0
-            for x, y in train_loader:
-                x = x.to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                out = model(x)
-                loss = F.cross_entropy(out, y)
-                loss.backward()
-                if pruner is not None:
-                    pen = pruner.before_step()
-                    if pen is not None:
-                        pen_sum += pen.detach().to(torch.float64)
-                optimizer.step()
-                if pruner is not None:
-                    pruner.after_step(cur_lr)
-                n = int(y.numel())
-                loss_sum += loss.detach().to(torch.float64) * n
-                correct += (out.detach().argmax(1) == y).sum()
-                seen += n
-                steps += 1
-                del out, loss  # keep no autograd graph alive across a prune
-            if seen == 0:
-                raise ValueError("train: the training loader yielded no samples")
-            report = pruner.epoch_end(epoch, optimizer) if pruner is not None else None
-            scheduler.step()
-            pruned_now = bool(getattr(report, "pruned_now", False))
-            if pruned_now or epoch == start_epoch:
-                macs_now = count_macs(model, example)
-                params_now = count_params(model)
-            test_acc = evaluate(model, test_loader, device)
-            rec = EpochRecord(
-                epoch=epoch,
-                lr=cur_lr,
-                train_loss=float(loss_sum.item()) / seen,
-                train_acc=100.0 * float(correct.item()) / seen,
-                test_acc=test_acc,
-                penalty=float(pen_sum.item()) / max(steps, 1),
-                phase=str(getattr(report, "phase", "dense")),
-                indicator=None if report is None or report.indicator is None else float(report.indicator),
-                reg=None if report is None or report.reg is None else float(report.reg),
-                pruned_now=pruned_now,
-                macs=macs_now,
-                params=params_now,
-                seconds=0.0,
-            )
-            history.append(rec)
+            sums, cur_lr = _train_epoch(run, train_loader, epoch)
+            rec = _end_epoch(run, test_loader, epoch, sums, cur_lr)
+            run.history.append(rec)
             if ckpt_path is not None:
                 rec.seconds = time.perf_counter() - t_epoch
-                wall = wall_before + (time.perf_counter() - t_start)
-                atomic_save({
-                    "format": _CKPT_FORMAT,
-                    "config": config,
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "pruner": pruner.state_dict() if pruner is not None else None,
-                    "rng": _rng_state(),
-                    "history": [dataclasses.asdict(h) for h in history],
-                    "wall_time": wall,
-                    "pruner_seconds": pruner_before + _pruner_seconds(pruner),
-                    "dense_macs": dense_macs,
-                    "dense_params": dense_params,
-                }, ckpt_path)
+                _write_checkpoint(run, ckpt_path, epoch)
             rec.seconds = time.perf_counter() - t_epoch
-            if bar is not None:
-                post = {"loss": f"{rec.train_loss:.3f}", "acc": f"{test_acc:.1f}%"}
-                if pruner is not None:
-                    post["phase"] = rec.phase
-                    if rec.indicator is not None:
-                        post["psi"] = f"{rec.indicator:.3f}"
-                    post["MACs"] = f"{100.0 * macs_now / dense_macs:.0f}%"
-                bar.set_postfix(post, refresh=False)
-                bar.update(1)
+            _show(bar, run, rec)
     finally:
         if bar is not None:
             bar.close()
+    return _result(run, test_loader)
 
-    wall_time = wall_before + (time.perf_counter() - t_start)
-    pruner_seconds = pruner_before + _pruner_seconds(pruner)
-    prune_epoch = next((h.epoch for h in history if h.pruned_now), None)
-    if pruner is not None and prune_epoch is None and getattr(pruner, "prune_epoch", None) is not None:
-        prune_epoch = int(pruner.prune_epoch)
-    final_acc = history[-1].test_acc if history else evaluate(model, test_loader, device)
-    return TrainResult(
-        history=history,
-        final_acc=final_acc,
-        dense_macs=dense_macs,
-        dense_params=dense_params,
-        final_macs=count_macs(model, example),
-        final_params=count_params(model),
-        prune_epoch=prune_epoch,
-        wall_time=wall_time,
-        pruner_seconds=pruner_seconds,
-        pruner_overhead_pct=100.0 * pruner_seconds / wall_time if wall_time > 0 else 0.0,
-        pruner_init_seconds=float(getattr(pruner, "init_seconds", 0.0)) if pruner is not None else 0.0,
-    )
+
+def _is_main(group: Any) -> bool:
+    """Whether this process prints and writes files (rank 0, or no process group)."""
+    return group is None or _dist.is_main_process(group)

@@ -77,3 +77,35 @@ def test_cifar_missing_folder_says_what_to_do(tmp_path):
 def test_imagenet_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="train"):
         imagenet_loaders(tmp_path)
+
+
+@pytest.mark.parametrize("n, world", [(1437, 2), (50, 3), (7, 4)])
+def test_sharded_shuffle_splits_the_single_process_order(n: int, world: int):
+    """Rank r takes positions r, r+R, ... of the padded single-process order: the ranks' k-th
+    batches of B/R together are the single-process k-th batch of B, every rank has as many."""
+    single = list(EpochShuffleSampler(n, seed=2))
+    shards = [EpochShuffleSampler(n, seed=2, num_replicas=world, rank=r) for r in range(world)]
+    for s in shards:
+        s.set_epoch(0)
+    lists = [list(s) for s in shards]
+    assert all(len(lst) == len(shards[0]) == -(-n // world) for lst in lists)
+    merged = [lists[i % world][i // world] for i in range(len(lists[0]) * world)]
+    assert merged[:n] == single and set(merged[n:]) <= set(single[: world])  # padding repeats the start
+    b = 4  # per-rank batch
+    for k in range(len(lists[0]) // b):
+        assert sorted(i for lst in lists for i in lst[k * b:(k + 1) * b]) == sorted(merged[k * b * world:(k + 1) * b * world])
+
+
+def test_sharded_loaders_and_eval_shards_cover_everything_once():
+    from oneprune_ext.data import ShardSampler
+
+    assert sorted(i for r in range(3) for i in ShardSampler(10, 3, r)) == list(range(10))
+    tr0, te0 = digits_loaders(batch_size=64, seed=0, num_replicas=2, rank=0)
+    tr1, te1 = digits_loaders(batch_size=64, seed=0, num_replicas=2, rank=1)
+    assert tr0.batch_size == 32 and len(tr0) == len(tr1)
+    y0, y1 = _all(te0)[1], _all(te1)[1]
+    assert len(y0) + len(y1) == 360
+    with pytest.raises(ValueError, match="divisible"):
+        digits_loaders(batch_size=63, num_replicas=2, rank=0)
+    with pytest.raises(ValueError, match="rank"):
+        EpochShuffleSampler(10, num_replicas=2, rank=2)

@@ -404,3 +404,108 @@ def test_resume_is_bit_exact(digits):
     finally:
         torch.use_deterministic_algorithms(det)
         torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------- PrunerConfig
+
+
+def test_config_and_keyword_forms_are_the_same_pruner():
+    from oneprune_ext import PrunerConfig
+
+    cfg = PrunerConfig(total_epochs=12, monitor_start=2, sl_start=4, sl_end=9, reduction=0.4)
+    a = OneCyclePruner(tiny_mlp(), X, cfg)
+    b = OneCyclePruner(tiny_mlp(), X, total_epochs=12, monitor_start=2, sl_start=4, sl_end=9, reduction=0.4)
+    c = OneCyclePruner(tiny_mlp(), X, PrunerConfig(total_epochs=12, sl_start=4, sl_end=9, reduction=0.6),
+                       reduction=0.4)  # keywords override the config's fields
+    assert a.config == b.config == c.config == cfg
+    assert idle_epochs(a, range(12)) == idle_epochs(b, range(12)) == idle_epochs(c, range(12))
+    assert a.state_dict()["config"] == cfg.to_dict()
+
+
+def test_config_validates_serialises_and_is_frozen():
+    import dataclasses
+    import json
+
+    from oneprune_ext import PrunerConfig
+
+    cfg = PrunerConfig(total_epochs=20, sl_start="auto", sl_end=15, round_to=4, ignored_layers=["0", "3"])
+    assert cfg.ignored_layers == ("0", "3")
+    assert PrunerConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    short = {"total_epochs": 20, "sl_start": 5, "sl_end": 15}
+    assert PrunerConfig.from_dict(short) == PrunerConfig(**short)  # missing options take their defaults
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.reduction = 0.3  # type: ignore[misc]
+    with pytest.raises(ValueError, match="unknown option"):
+        PrunerConfig.from_dict(dict(short, bogus=1))
+    with pytest.raises(ValueError, match="reduction"):
+        dataclasses.replace(cfg, reduction=2.0)
+    with pytest.raises(TypeError, match="unknown option"):
+        OneCyclePruner(tiny_mlp(), X, total_epochs=12, sl_start=4, sl_end=9, reduce=0.5)
+    with pytest.raises(ValueError, match="total_epochs is required"):
+        OneCyclePruner(tiny_mlp(), X, sl_end=9)
+
+
+def test_ignored_layers_by_module_or_name():
+    model = tiny_mlp()
+    by_module = make(model, ignored_layers=[model[3]], reduction=0.1)
+    assert by_module.config.ignored_layers == ("3",)
+    by_name = make(tiny_mlp(), ignored_layers=["3"], reduction=0.1)
+    assert [g.name for g in by_name.groups] == [g.name for g in by_module.groups]
+    assert len(by_name.groups) < len(make().groups)
+    with pytest.raises(ValueError, match="no module named"):
+        make(ignored_layers=["nope"])
+    with pytest.raises(ValueError, match="not part of the model"):
+        make(ignored_layers=[nn.Linear(2, 2)])
+
+
+def test_every_config_field_is_a_cli_flag():
+    import dataclasses
+
+    from oneprune_ext import PrunerConfig, cli
+
+    parser = cli.build_parser()
+    flags = {a.dest: a.option_strings for a in parser._actions}
+    for f in dataclasses.fields(PrunerConfig):
+        if f.metadata["cli"]:
+            flag = PrunerConfig.flag(f.name)
+            expected = [flag, "--no-" + flag[2:]] if isinstance(f.default, bool) else [flag]
+            assert flags.get(f.name) == expected, f.name
+    args = cli.parse_args(["--epochs", "10", "--reduction", "0.3", "--ignored-layers", "fc,stem.0",
+                           "--round-to", "2"])
+    cfg = args.pruner_config
+    assert (cfg.total_epochs, cfg.reduction, cfg.ignored_layers, cfg.round_to) == (10, 0.3, ("fc", "stem.0"), 2)
+    assert cfg.sl_end == 4 and cfg.sl_start == 1  # the digits presets scaled to 10 epochs
+
+
+def test_wrappers_are_refused_with_what_to_pass():
+    model = tiny_mlp()
+    with pytest.raises(ValueError, match=r"_orig_mod"):
+        OneCyclePruner(torch.compile(model), X, total_epochs=12, sl_start=4, sl_end=9)
+    with pytest.raises(ValueError, match=r"\.module"):
+        OneCyclePruner(nn.DataParallel(model), X, total_epochs=12, sl_start=4, sl_end=9)
+
+
+def test_adding_an_option_is_one_field():
+    """A new field (here in a subclass) is validated, serialised and becomes a CLI flag by itself."""
+    import argparse
+    import dataclasses
+
+    from oneprune_ext.config import PrunerConfig, boolean, option, real_in
+
+    @dataclasses.dataclass(frozen=True)
+    class Extended(PrunerConfig):
+        reselect_at_sl_end: bool = option(False, "choose the sub-network once more at sl_end", boolean)
+        momentum_floor: float = option(0.0, "a fraction in [0, 1]", real_in(0.0, 1.0, False, False, "fraction"))
+
+    parser = argparse.ArgumentParser()
+    Extended.add_arguments(parser)
+    args = parser.parse_args(["--reselect-at-sl-end", "--momentum-floor", "0.25", "--sl-end", "5"])
+    cfg = Extended.from_args(args, total_epochs=8, sl_start=3)
+    assert (cfg.reselect_at_sl_end, cfg.momentum_floor, cfg.sl_end) == (True, 0.25, 5)
+    assert Extended.from_dict(cfg.to_dict()) == cfg
+    assert Extended.from_args(parser.parse_args(["--no-reselect-at-sl-end"]), total_epochs=200).reselect_at_sl_end \
+        is False
+    with pytest.raises(ValueError, match="momentum_floor"):
+        Extended(total_epochs=200, momentum_floor=2.0)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--momentum-floor", "2"])
