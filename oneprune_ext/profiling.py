@@ -9,7 +9,10 @@ Profiler ranges
     ======================  ====================================================================
     range                   what runs inside it
     ======================  ====================================================================
-    ``oneprune::init``      building the pruner: tracing, cost model, channel layout
+    ``oneprune::init``      building the pruner, made of:
+    ``oneprune::trace``     tracing the model into channel groups (the layer registry)
+    ``oneprune::cost_model``  the exact MACs / parameter polynomial of the kept counts
+    ``oneprune::layout_build``  building the kernels' channel layout (one table)
     ``oneprune::epoch_start``, ``oneprune::before_step``, ``oneprune::after_step``,
     ``oneprune::epoch_end``  the four hooks, whole
     ``oneprune::search``    one sub-network search (in ``epoch_start``), made of:

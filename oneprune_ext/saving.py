@@ -5,9 +5,10 @@ dict with two entries:
 
 * ``"state_dict"``: the model's ordinary ``state_dict()`` (pruned shapes);
 * ``"structure"``: a JSON string recording the shape of every state_dict tensor and
-  the channel attributes of every conv / linear / norm layer (``out_channels``,
+  the channel attributes of every layer the layer registry knows (``out_channels``,
   ``in_channels``, ``groups``, ``in_features``, ``out_features``, ``num_features``,
-  ``normalized_shape``), i.e. the kept count per layer.
+  ``normalized_shape``, ``embed_dim``, a ViT's ``hidden_dim``, ...; see each entry's
+  ``record_attrs`` in :mod:`oneprune_ext.registry`), i.e. the kept count per layer.
 
 :func:`load_pruned` checks that record against a freshly constructed (dense) model,
 shrinks that model's tensors and layer attributes to it, and loads the weights with
@@ -25,28 +26,18 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .registry import restore_attrs, structure_attrs
+
 __all__ = ["save_pruned", "load_pruned", "structure_record", "atomic_save"]
 
 _FORMAT = "oneprune_ext.pruned/1"
-
-
-def _layer_attrs(m: nn.Module) -> dict[str, Any] | None:
-    if isinstance(m, nn.modules.conv._ConvNd):
-        return {"in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups}
-    if isinstance(m, nn.Linear):
-        return {"in_features": m.in_features, "out_features": m.out_features}
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return {"num_features": m.num_features}
-    if isinstance(m, nn.LayerNorm):
-        return {"normalized_shape": list(m.normalized_shape)}
-    return None
 
 
 def structure_record(model: nn.Module) -> dict[str, Any]:
     """The JSON-able structure of ``model``: tensor shapes and per-layer channel counts."""
     layers = {}
     for name, m in model.named_modules():
-        attrs = _layer_attrs(m)
+        attrs = structure_attrs(m)
         if attrs is not None:
             layers[name] = {"type": type(m).__name__, **attrs}
     return {
@@ -146,10 +137,6 @@ def load_pruned(model: nn.Module, path: str | os.PathLike, map_location: Any = "
                 mod = model.get_submodule(owner) if owner else model
                 mod._buffers[attr] = torch.empty(shape, dtype=b.dtype, device=b.device)
         for name, rec in record["layers"].items():
-            m = modules[name]
-            for attr, val in rec.items():
-                if attr == "type":
-                    continue
-                setattr(m, attr, tuple(val) if attr == "normalized_shape" else int(val))
+            restore_attrs(modules[name], {a: v for a, v in rec.items() if a != "type"})
     model.load_state_dict(state, strict=True)
     return model
