@@ -16,9 +16,18 @@ degree <= 2 in the kept counts.  Then
 The model is traced with ``torch.fx`` and its graph run once under
 ``torch.utils.flop_counter.FlopCounterMode`` (eval mode, no autograd); every call's terms
 are checked against the FLOPs the counter attributed to that call (its FLOPs are ``2 x``
-MACs), so the closed form equals what the counter counts on the pruned model.  (On CPU
-PyTorch's fused inference attention kernel is not counted by the counter, so neither is it
-here.)  The polynomial's coefficients are computed once; evaluating it is a few microseconds
+MACs), so the closed form equals what the counter counts on the pruned model.
+
+Attention is counted in full: projections and the products ``Q K^T`` and ``A V``.  Plain
+``FlopCounterMode`` in eval mode counts nothing for ``nn.MultiheadAttention`` (PyTorch's fused
+fast path, ``torch._native_multi_head_attention``, has no formula), and on CPU not the products
+of ``F.scaled_dot_product_attention``; counting either way would leave a transformer's
+attention out of the dense MACs, so a MACs target would remove the wrong fraction and a
+projection's channels would look cheaper than they are.  The counting pass therefore runs with
+the fast path off and the CPU attention kernel given the counter's own CUDA formula
+(:func:`oneprune_ext.flops.counting_flops`): the MACs equal ``FlopCounterMode`` on the model
+run where it sees every matmul (fast path off or train mode, math attention backend), on CPU
+and CUDA alike.  The polynomial's coefficients are computed once; evaluating it is a few microseconds
 in Python (:meth:`CostModel.macs`) or one vectorised numpy expression for many candidates
 (:meth:`CostModel.macs_many`).  MACs are for the given ``example_inputs`` (whole batch); use a
 batch of one for per-image MACs.
@@ -35,6 +44,7 @@ import torch.nn as nn
 from torch import fx
 from torch.utils.flop_counter import FlopCounterMode
 
+from .flops import counting_flops
 from .graph import UnsupportedOpError, evaluating, run_graph, trace_graph
 from .groups import ChannelGroups
 from .registry import CostCall, CostTerm, function_entry, method_entry, module_entry
@@ -141,7 +151,7 @@ def _run_counted(model: nn.Module, inputs: tuple, shapes: dict[str, tuple[int, .
     except UnsupportedOpError:
         graph = None
     modules = dict(model.named_modules())
-    with evaluating(modules.values()), torch.no_grad(), FlopCounterMode(display=False) as fc:
+    with evaluating(modules.values()), torch.no_grad(), counting_flops() as fc:
         if graph is not None:
             _count_graph(model, graph, inputs, modules, fc, account)
         else:

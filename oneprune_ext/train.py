@@ -205,14 +205,16 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """MACs of one forward pass on ``example`` (use a batch of 1 for per-sample MACs).
 
     Counted with :class:`torch.utils.flop_counter.FlopCounterMode` (FLOPs / 2), in eval
-    mode and without autograd; the model's train/eval flags are restored.
+    mode and without autograd, attention included (see :mod:`oneprune_ext.flops`: the fused
+    attention fast path, which the counter cannot see, is off while counting); the model's
+    train/eval flags are restored.  Equal to :class:`oneprune_ext.CostModel`'s MACs.
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    from .flops import counting_flops
 
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        with torch.no_grad(), counting_flops() as fc:
             model(example)
     finally:
         for m, t in flags:
