@@ -483,6 +483,8 @@ def prune_channels(
     state_keys = check_optimizer(optimizer, model) if optimizer is not None else []
     _check_grads(params, by_tensor)
     _check_no_shared_memory(params, buffers, by_tensor, optimizer, state_keys)
+    if not by_tensor:  # every group keeps every channel: nothing to move
+        return _new_groups(groups, masks, kept_idx)
 
     # everything is validated: from here on the model changes
     with torch.no_grad():

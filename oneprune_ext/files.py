@@ -43,6 +43,7 @@ KINDS = {
                            "resume it with train(..., resume=True) or oneprune --resume"),
 }
 _TMP_INFIX = ".oneprune-"
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 class FileFormatError(ValueError):
@@ -205,8 +206,9 @@ def check_writable(path: Any, what: str) -> str:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as e:
         reason = os.strerror(e.errno) if e.errno else str(e)
-        where = probe_dir if e.errno != errno.ENAMETOOLONG else text
-        raise ValueError(f"{what}: cannot write {text!r}: {reason} ({where})") from None
+        if e.errno == errno.ENAMETOOLONG:
+            raise ValueError(f"{what}: cannot write {text!r}: {reason}") from None
+        raise ValueError(f"{what}: cannot write {text!r}: cannot create a file in {probe_dir!r} ({reason})") from None
     os.close(fd)
     os.unlink(probe)
     return text
@@ -249,14 +251,17 @@ def read_checked(path: str | os.PathLike, kind: str, versions: Sequence[int], *,
     size = os.path.getsize(p)
     if size == 0:
         raise FileFormatError(f"{where}: the file is empty (an interrupted copy?)")
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if head != _ZIP_MAGIC:
+        raise FileFormatError(f"{where}: not a file written by oneprune_ext (not a torch.save file; {size} bytes)")
     try:
         data = torch.load(p, map_location=map_location, weights_only=True)
     except (KeyboardInterrupt, SystemExit, MemoryError):
         raise
     except BaseException as e:  # noqa: BLE001 - every reader failure means the same to the user
-        reason = " ".join(str(e).split())[:120] or type(e).__name__
-        raise FileFormatError(f"{where}: truncated, corrupt or not a torch.save file ({size} bytes; "
-                              f"torch.load: {reason})") from None
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:100]
+        raise FileFormatError(f"{where}: truncated or corrupt ({size} bytes; torch.load: {reason})") from None
     fmt = data.get("format") if isinstance(data, dict) else None
     name, _, ver = fmt.rpartition("/") if isinstance(fmt, str) else ("", "", "")
     if name != kind:

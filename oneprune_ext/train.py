@@ -259,20 +259,20 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _load_checkpoint(path: str) -> dict[str, Any]:
+def _load_checkpoint(path: str, use: str = "train(resume=True)") -> dict[str, Any]:
     """The checkpoint at ``path``, checked (format, version, checksum); one-line errors naming it."""
-    return files.read_checked(path, _CKPT_KIND, (1, _CKPT_VERSION), use="train(resume=True)")
+    return files.read_checked(path, _CKPT_KIND, (1, _CKPT_VERSION), use=use)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, use: str = "read_checkpoint") -> dict[str, Any]:
     """Read and check a checkpoint written by :func:`train` (``checkpoint=path``).
 
     Returns the checkpoint's dict (``"config"``, ``"run_options"``, ``"epoch"``, ``"model"``,
     ``"pruner"``, ...). Raises :class:`oneprune_ext.files.FileFormatError` (a ValueError, one
     line naming the file) for a missing, empty, truncated or damaged file, or a file of
-    another kind (e.g. written by ``save_pruned``).
+    another kind (e.g. written by ``save_pruned``); ``use`` starts its message.
     """
-    return _load_checkpoint(os.fspath(path))
+    return _load_checkpoint(os.fspath(path), use)
 
 
 def run_differences(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
