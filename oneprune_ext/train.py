@@ -22,7 +22,10 @@ optimizer, scheduler and pruner state, the next epoch, the RNG states, the per-e
 history and the wall time so far.  ``resume=True`` continues from such a file; on CPU
 the result is bit-identical to an uninterrupted run with the same seed (the data
 loader must shuffle with a sampler that has ``set_epoch``, as the loaders of
-:mod:`oneprune_ext.data` do).
+:mod:`oneprune_ext.data` do). A checkpoint carries a format version and a checksum
+(:mod:`oneprune_ext.files`): a damaged one is refused with one line naming it, and so is a
+checkpoint of another run (other settings, ``run_options`` or pruner options; each
+difference is named), before anything changes.
 
 Under ``torchrun`` (an initialised process group with more than one rank) the model trains
 as a ``DistributedDataParallel`` replica on each rank's shard of the data, is re-wrapped after
