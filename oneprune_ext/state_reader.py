@@ -128,7 +128,7 @@ class StateReader:
                 start += n
                 if part.size and (part.min() < 0 or part.max() >= size):
                     raise self.bad(f"{key}: a recorded channel index is outside its group")
-        if len(t.sims) != len(t.history) or not all(math.isfinite(x) and 0.0 <= x <= 1.0 for x in t.history):
+        if len(t.sims) != len(t.history) or not all(math.isfinite(x) and -1e-9 <= x <= 1.0 + 1e-9 for x in t.history):
             raise self.bad(f"{key}: sims / history are not indicator values in [0, 1]")
         return t
 

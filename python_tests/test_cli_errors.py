@@ -247,3 +247,18 @@ def test_train_refuses_other_run_options_and_leaves_the_model(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"reduction=0.5 \(saved\) vs 0.4"):
         go()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_train_checks_the_checkpoint_path_before_training(tmp_path) -> None:
+    loaders = digits_loaders(batch_size=128, seed=0)
+    model = models.digits_cnn(width=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    (tmp_path / "afile").write_text("x")
+    for bad, match in ((tmp_path, "is a directory"), (tmp_path / "afile" / "ck.pt", "is a file, not a folder")):
+        with pytest.raises(ValueError, match=match):
+            train(model, *loaders, epochs=1, progress=False, checkpoint=bad)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # not one step taken
+    orphan = tmp_path / ".ck.pt.oneprune-0000.tmp"
+    orphan.write_bytes(b"half a checkpoint")
+    train(model, *loaders, epochs=1, progress=False, checkpoint=tmp_path / "ck.pt")
+    assert sorted(os.listdir(tmp_path)) == ["afile", "ck.pt"]  # the orphan is gone
