@@ -32,7 +32,7 @@ RUN = ["--epochs", "3", "--width", "4", "--batch-size", "64", "--monitor-start",
        "--sl-end", "1", "--no-progress", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread() -> Iterator[None]:
     n = torch.get_num_threads()
     torch.set_num_threads(1)

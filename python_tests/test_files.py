@@ -30,6 +30,16 @@ PAYLOAD = {"weights": torch.arange(64, dtype=torch.float32).reshape(8, 8), "half
            "config": {"lr": 0.1, "name": "run", "milestones": [0.3, 0.6], "nested": (1, None, True)}}
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: on a loaded 2-core machine more threads only add contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> tuple[str, bytes]:
     path = str(tmp_path_factory.mktemp("files") / "payload.pt")
