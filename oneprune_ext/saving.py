@@ -148,8 +148,9 @@ def _check_fits(path: str, model: nn.Module, record: Mapping[str, Any]) -> None:
                 continue
             if attr not in now:
                 raise _err(path, f"layer '{name}' ({rec['type']}) has no attribute '{attr}' to restore")
-            if isinstance(v, int) and isinstance(now[attr], int) and v > now[attr]:
-                raise _err(path, f"layer '{name}': {attr}={v} in the structure record is larger than the "
+            saved_v, model_v = (v, now[attr]) if isinstance(v, list) else ([v], [now[attr]])
+            if len(saved_v) != len(model_v) or any(a > b for a, b in zip(saved_v, model_v)):
+                raise _err(path, f"layer '{name}': {attr}={v} in the structure record does not fit the "
                                  f"model's {now[attr]} (a pruned model only shrinks)")
 
 
