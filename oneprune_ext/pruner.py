@@ -737,17 +737,23 @@ class OneCyclePruner:
             raise ValueError(f"unsupported OneCyclePruner state version {state.get('version')!r} "
                              f"(this version reads {_STATE_VERSION})")
         v = StateReader(state, self.total_epochs)
-        names = [g.name for g in self._dense_groups]
-        dense = self._dense_sizes
+        self._check_same_model(v)
+        self._check_saved_config(v.get("config"))
+        return {**self._parse_prune(v), **self._parse_schedule(v)}
+
+    def _check_same_model(self, v: StateReader) -> None:
+        names, dense = [g.name for g in self._dense_groups], self._dense_sizes
         saved_names, saved_dense = v.get("group_names"), v.get("dense_sizes")
         if not isinstance(saved_names, Sequence) or list(saved_names) != names or not isinstance(
                 saved_dense, Sequence) or [v.int(s, "dense_sizes") for s in saved_dense] != dense:
             raise ValueError(
                 "pruner state does not match this model's channel groups (different architecture, width "
                 f"or ignored_layers?): saved sizes {saved_dense!r}, model {dense}")
-        self._check_saved_config(v.get("config"))
-        out: dict[str, Any] = {"sizes": v.int_list("sizes", len(dense), 1, dense)}
-        out["pruned"] = v.flag("pruned")
+
+    def _parse_prune(self, v: StateReader) -> dict[str, Any]:
+        """Whether and how the saved run was pruned: sizes, prune epoch, kept channels."""
+        dense = self._dense_sizes
+        out: dict[str, Any] = {"sizes": v.int_list("sizes", len(dense), 1, dense), "pruned": v.flag("pruned")}
         if out["pruned"]:
             out["prune_epoch"] = v.epoch("prune_epoch")
             out["prune_keep"] = v.index_sets("prune_keep", dense, counts=out["sizes"])
@@ -756,7 +762,12 @@ class OneCyclePruner:
                 raise v.bad("sizes / prune_epoch of a run that was not pruned")
             out["prune_epoch"], out["prune_keep"] = None, None
         out["prune_info"] = v.int_dict("prune_info")
-        out["sl_start_resolved"] = v.optional_epoch("sl_start_resolved")
+        return out
+
+    def _parse_schedule(self, v: StateReader) -> dict[str, Any]:
+        """Where the schedule stands: epochs, regularisation, search history, stats."""
+        dense = self._dense_sizes
+        out: dict[str, Any] = {"sl_start_resolved": v.optional_epoch("sl_start_resolved")}
         if self.config.sl_start != "auto" and out["sl_start_resolved"] != self.config.sl_start:
             raise v.bad(f"sl_start_resolved={out['sl_start_resolved']!r} but sl_start={self.config.sl_start}")
         out["reg_current"] = v.number("reg_current", v.get("reg_current"))
