@@ -12,10 +12,20 @@ Under ``torchrun`` each process trains one DistributedDataParallel replica (NCCL
 over all processes; every rank prunes the same channels at the same epoch; rank 0 prints and
 writes the checkpoint, ``--save`` and ``--json``; ``--resume`` works as in one process.
 
-Epoch-valued schedule settings (``--monitor-start``, ``--sl-start``, ``--sl-end``) default to
-the published values of the data set scaled to ``--epochs``: CIFAR-10's 2 / 30 / 110 of a
-300-epoch run (also used for digits), ImageNet's 2 / auto / 50 of a 130-epoch run.  At the
-published lengths they are the published values.
+Every setting defaults to the data set's recipe (``PRESETS``), as the authors' scripts run it:
+
+* **CIFAR-10**: 300 epochs, batch 128; SGD momentum 0.9, Nesterov, weight decay 5e-4; lr 0.1,
+  x0.2 at 30/60/80/90 % of the run; monitor from epoch 2, sparsity learning from 30, prune by 110
+  at the latest; reg 1e-4 growing by 1e-4 every epoch; layer limit 0.75; regularizer shrink.
+* **ImageNet**: 130 epochs, batch 256; SGD momentum 0.9, no Nesterov, weight decay 1e-4; cosine lr
+  from 0.1 stepped every iteration; monitor from 2, sparsity learning from ``auto``, prune by 50;
+  reg 1e-4 growing by 1e-4 every 2 epochs; the sub-network is chosen once more at the prune.
+* **digits** (the bundled demo data): the CIFAR-10 recipe scaled to 30 epochs, batch 32.
+
+With ``--epochs`` other than the recipe's length the epoch-valued settings (``--monitor-start``,
+``--sl-start``, ``--sl-end``) are scaled to it and ``--reg`` becomes ``auto`` (the published
+shrink curve at any schedule length; see :mod:`oneprune_ext.sparsity`). ``--print-config``
+prints the resolved configuration as JSON and exits, so the recipe can be checked before a run.
 
 Also runnable as ``python -m oneprune_ext.cli``.
 """
@@ -39,7 +49,7 @@ import torch.nn as nn
 from . import distributed
 from .config import PrunerConfig
 from .files import FileFormatError, atomic_write
-from .train import TrainResult, train
+from .train import CIFAR_GAMMA, CIFAR_MILESTONES, SCHEDULE_UNITS, TrainResult, train
 
 __all__ = ["main", "build_parser", "parse_args", "run", "summary_table", "PRESETS"]
 
@@ -50,17 +60,29 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Preset:
-    """Published (or, for digits, demo) defaults of one data set."""
+    """The recipe of one data set: published for CIFAR-10 and ImageNet; digits: CIFAR-10's, scaled.
+
+    Epoch-valued settings are given for a run of ``ref_epochs`` epochs and scaled to ``--epochs``.
+    Pruner options not listed take :class:`~oneprune_ext.config.PrunerConfig`'s defaults (the
+    published ones: layer limit 0.75, stability threshold 0.999, regularizer shrink, reduction 0.5).
+    """
 
     epochs: int
     batch_size: int
     lr: float
-    schedule: str
+    schedule: str  # "step": x0.2 at 30/60/80/90 % of the run; "cosine": to 0
+    schedule_unit: str  # the scheduler steps once per "epoch" or every "iteration"
+    momentum: float
+    nesterov: bool
+    weight_decay: float
     ref_epochs: int  # run length the epoch-valued settings below are given for
     monitor_start: int
     sl_start: int | str
     sl_end: int
+    reg: float
+    reg_delta: float
     reg_interval: int
+    reselect_at_prune: bool
     model: str
     input_shape: tuple[int, int, int]
     workers: int
@@ -68,9 +90,21 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # digits: the CIFAR-10 recipe, its 300-epoch schedule scaled down to --epochs
-    "digits": Preset(30, 32, 0.1, "step", 300, 2, 30, 110, 1, "digits_cnn", (1, 8, 8), 0),
-    "cifar10": Preset(300, 128, 0.1, "step", 300, 2, 30, 110, 1, "resnet56", (3, 32, 32), 4),
-    "imagenet": Preset(130, 256, 0.1, "cosine", 130, 2, "auto", 50, 2, "resnet50", (3, 224, 224), 8),
+    "digits": Preset(epochs=30, batch_size=32, lr=0.1, schedule="step", schedule_unit="epoch", momentum=0.9,
+                     nesterov=True, weight_decay=5e-4, ref_epochs=300, monitor_start=2, sl_start=30, sl_end=110,
+                     reg=1e-4, reg_delta=1e-4, reg_interval=1, reselect_at_prune=False, model="digits_cnn",
+                     input_shape=(1, 8, 8), workers=0),
+    # published CIFAR-10 (the authors' scripts/prune_cifar.sh and main_cifar.py)
+    "cifar10": Preset(epochs=300, batch_size=128, lr=0.1, schedule="step", schedule_unit="epoch", momentum=0.9,
+                      nesterov=True, weight_decay=5e-4, ref_epochs=300, monitor_start=2, sl_start=30, sl_end=110,
+                      reg=1e-4, reg_delta=1e-4, reg_interval=1, reselect_at_prune=False, model="resnet56",
+                      input_shape=(3, 32, 32), workers=4),
+    # published ImageNet (scripts/prune_imagenet.sh and main_imagenet.py: plain SGD, wd 1e-4, cosine
+    # per iteration, sparsity learning always from the automatic start, a fresh selection at the prune)
+    "imagenet": Preset(epochs=130, batch_size=256, lr=0.1, schedule="cosine", schedule_unit="iteration",
+                       momentum=0.9, nesterov=False, weight_decay=1e-4, ref_epochs=130, monitor_start=2,
+                       sl_start="auto", sl_end=50, reg=1e-4, reg_delta=1e-4, reg_interval=2,
+                       reselect_at_prune=True, model="resnet50", input_shape=(3, 224, 224), workers=8),
 }
 
 MODELS = ("digits_cnn", "resnet56", "vgg16", "resnet18", "resnet50")
@@ -146,10 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="oneprune",
         description="Train a CNN from scratch and prune whole channels during the same run "
                     "(one-cycle structured pruning, Ghimire et al., WACV 2026).",
-        epilog="Epoch-valued settings are 0-based epoch indices; unless given they are the published "
-               "values scaled to --epochs (CIFAR-10: monitor 2, sparsity learning 30, prune by 110 of 300 "
-               "epochs, also used for digits; ImageNet: 2, auto, 50 of 130). Prints a summary table "
-               "at the end.",
+        epilog="Every default is the data set's published recipe (digits: CIFAR-10's, scaled to 30 epochs);\n"
+               "--print-config prints it resolved, as JSON. Epoch-valued settings are 0-based epoch indices;\n"
+               "unless given they are the published values scaled to --epochs (CIFAR-10: monitor 2, sparsity\n"
+               "learning 30, prune by 110 of 300 epochs; ImageNet: 2, auto, 50 of 130), and at another length\n"
+               "than the published one --reg is auto (the published shrink curve at any schedule length).\n"
+               "Prints a summary table at the end: accuracy, MACs, parameters, the prune epoch with the\n"
+               "accuracy right before and after the prune (the prune shock), the pruning overhead.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("data and model")
@@ -173,10 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training batch size, in samples; under torchrun the batch over all processes, split "
                         "evenly (default: 32 digits, 128 cifar10, 256 imagenet)")
     g.add_argument("--lr", type=_positive_float, default=None, help="initial learning rate of SGD (default 0.1)")
-    g.add_argument("--weight-decay", type=_nonneg_float, default=5e-4, help="SGD weight decay (default: %(default)s)")
+    g.add_argument("--momentum", type=_nonneg_float, default=None, help="SGD momentum (default 0.9)")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum (default: on for digits and cifar10, off for imagenet, as published)")
+    g.add_argument("--weight-decay", type=_nonneg_float, default=None,
+                   help="SGD weight decay (default: 5e-4 digits and cifar10, 1e-4 imagenet, as published)")
     g.add_argument("--schedule", choices=("step", "cosine"), default=None,
-                   help="learning-rate schedule, stepped once per epoch: step = x0.2 at 30/60/80/90%% of "
-                        "the epochs; cosine = cosine annealing to 0 (default: step, cosine for imagenet)")
+                   help="learning-rate schedule: step = x0.2 at 30/60/80/90%% of the epochs; cosine = cosine "
+                        "annealing to 0 (default: step, cosine for imagenet)")
+    g.add_argument("--schedule-unit", choices=SCHEDULE_UNITS, default=None,
+                   help="the schedule steps once per epoch or after every iteration (default: epoch, iteration "
+                        "for imagenet as published)")
     g.add_argument("--seed", type=_seed, default=0, help="seed of the model init, data split and shuffling (default: %(default)s)")
     g.add_argument("--device", type=_device, default=None,
                    help="torch device (default: cuda if available, else cpu)")
@@ -185,13 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dense-baseline", action="store_true",
                    help="also train a dense model of the same length and seed, for the comparison table")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration (the recipe with every default filled in) as JSON "
+                        "and exit without training")
 
     g = p.add_argument_group("one-cycle pruning")
     PrunerConfig.add_arguments(g, defaults={
         "monitor_start": "published 2 scaled to --epochs, at least 1",
         "sl_start": "published value scaled to --epochs",
         "sl_end": "published value scaled to --epochs",
+        "reg": "1e-4 at the recipe's length, auto when --epochs differs",
         "reg_interval": "1, 2 for imagenet",
+        "reselect_at_prune": "off, on for imagenet",
     }, flags=_FLAGS)
 
     g = p.add_argument_group("files")
@@ -221,7 +270,7 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
     if args.data not in _MODEL_DATA[args.model]:
         parser.error(f"--model {args.model} does not fit --data {args.data} "
                      f"(it is for --data {' or '.join(_MODEL_DATA[args.model])})")
-    if args.data != "digits" and not args.data_root:
+    if args.data != "digits" and not args.data_root and not args.print_config:
         parser.error(f"--data {args.data} needs --data-root (nothing is downloaded)")
     if args.resume and not args.checkpoint:
         parser.error("--resume needs --checkpoint PATH")
@@ -231,6 +280,10 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
     if not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
     args.schedule = args.schedule or pre.schedule
+    args.schedule_unit = args.schedule_unit or pre.schedule_unit
+    args.momentum = pre.momentum if args.momentum is None else args.momentum
+    args.nesterov = pre.nesterov if args.nesterov is None else args.nesterov
+    args.weight_decay = pre.weight_decay if args.weight_decay is None else args.weight_decay
     args.workers = pre.workers if args.workers is None else args.workers
     e, ref = args.epochs, pre.ref_epochs
     presets = {
@@ -238,7 +291,11 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
         "monitor_start": _scaled(pre.monitor_start, e, ref, 1),
         "sl_start": pre.sl_start if pre.sl_start == "auto" else _scaled(int(pre.sl_start), e, ref, 1),
         "sl_end": _scaled(pre.sl_end, e, ref, 1),
+        # the published reg numbers make the published shrink only at the published length
+        "reg": pre.reg if e == ref else "auto",
+        "reg_delta": pre.reg_delta,
         "reg_interval": pre.reg_interval,
+        "reselect_at_prune": pre.reselect_at_prune,
     }
     try:
         args.pruner_config = PrunerConfig.from_args(args, **presets)
@@ -331,7 +388,10 @@ def summary_table(pruned: TrainResult, dense: TrainResult | None = None, epochs:
     """The end-of-run table: dense vs one-cycle accuracy, MACs, params, prune epoch, overhead.
 
     MACs are per image (one forward pass), parameters are entries; percentages in
-    brackets are the reduction from the dense model.  The prune epoch is 0-based.  The
+    brackets are the reduction from the dense model.  The prune epoch is 0-based; under it,
+    the test accuracy right before and right after the physical prune (no training between),
+    their difference (the prune shock, points lost) and the share of the squared weight norm
+    the removed channels still held (near 0 when sparsity learning did its job).  The
     pruning overhead is the time spent in the pruner's hooks (``pruner.stats["total"]``)
     as a share of the run's wall time; the one-off setup (tracing, cost model) is listed
     apart.  Wall times include per-epoch evaluation and checkpointing.
@@ -352,6 +412,12 @@ def summary_table(pruned: TrainResult, dense: TrainResult | None = None, epochs:
         if rec is not None and rec.indicator is not None:
             pe += f", indicator {rec.indicator:.4f}"
     rows.append(("prune epoch", "-", pe))
+    if pruned.prune_shock is not None:
+        rows.append(("  accuracy before / after (%)", "-",
+                     f"{pruned.acc_before_prune:.2f} / {pruned.acc_after_prune:.2f}"))
+        rows.append(("  prune shock (points lost)", "-", f"{pruned.prune_shock:.2f}"))
+    if pruned.removed_norm_share is not None:
+        rows.append(("  norm share removed", "-", f"{100 * pruned.removed_norm_share:.3g} %"))
     rows.append(("pruning overhead", "-",
                  f"{pruned.pruner_overhead_pct:.2f} % ({pruned.pruner_seconds:.2f} s in hooks)"))
     rows.append(("pruner setup (s)", "-", f"{pruned.pruner_init_seconds:.2f}"))
@@ -380,9 +446,10 @@ def run(args: argparse.Namespace) -> tuple[TrainResult, TrainResult | None, nn.M
     device = torch.device(args.device)
     group = torch.distributed.group.WORLD if distributed.world_size() > 1 else None
     main_rank = distributed.is_main_process()
-    common: dict[str, Any] = dict(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                                  schedule=args.schedule, device=device, progress=not args.no_progress and main_rank,
-                                  seed=args.seed, resume=args.resume)
+    common: dict[str, Any] = dict(epochs=args.epochs, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+                                  weight_decay=args.weight_decay, schedule=args.schedule,
+                                  schedule_unit=args.schedule_unit, device=device,
+                                  progress=not args.no_progress and main_rank, seed=args.seed, resume=args.resume)
     model = _build_model(args, num_classes).to(device)
     example = torch.zeros((1, *pre.input_shape), device=device)
     try:
@@ -404,6 +471,32 @@ def run(args: argparse.Namespace) -> tuple[TrainResult, TrainResult | None, nn.M
     return pruned, dense, model
 
 
+def _preset_name(data: str, epochs: int) -> str:
+    pre = PRESETS[data]
+    if data == "digits":
+        return f"digits: the published CIFAR-10 recipe scaled from {pre.ref_epochs} to {epochs} epochs"
+    if epochs == pre.ref_epochs:
+        return f"{data}: published"
+    return f"{data}: published, scaled from {pre.ref_epochs} to {epochs} epochs (reg auto)"
+
+
+def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything a run of ``args`` would use, as plain JSON values (what ``--print-config`` prints)."""
+    pre = PRESETS[args.data]
+    schedule: dict[str, Any] = {"kind": args.schedule, "unit": args.schedule_unit}
+    if args.schedule == "step":
+        schedule.update(milestones=list(CIFAR_MILESTONES), gamma=CIFAR_GAMMA)
+    return {
+        "data": args.data, "data_root": args.data_root, "model": args.model,
+        "preset": _preset_name(args.data, args.epochs),
+        "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
+        "optimizer": {"name": "SGD", "lr": args.lr, "momentum": args.momentum, "nesterov": args.nesterov,
+                      "weight_decay": args.weight_decay},
+        "lr_schedule": schedule,
+        "pruner": args.pruner_config.to_dict(),
+    }
+
+
 # ------------------------------------------------------------------------------ checks before the run
 
 
@@ -414,9 +507,10 @@ def _run_options(args: argparse.Namespace, pruned: bool = True) -> dict[str, Any
     (the same data may move), the output paths, --dense-baseline, the device index.
     """
     opts: dict[str, Any] = {"data": args.data, "model": args.model, "epochs": args.epochs,
-                            "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-                            "schedule": args.schedule, "seed": args.seed, "device": torch.device(args.device).type,
-                            "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+                            "batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum,
+                            "nesterov": args.nesterov, "weight_decay": args.weight_decay, "schedule": args.schedule,
+                            "schedule_unit": args.schedule_unit, "seed": args.seed,
+                            "device": torch.device(args.device).type, "processes": int(os.environ.get("WORLD_SIZE", "1"))}
     if args.model == "digits_cnn":
         opts["width"] = args.width
     if args.data != "digits":
@@ -521,6 +615,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     writes the checkpoint, ``--save`` and ``--json``.
     """
     args = parse_args(argv)
+    if args.print_config:
+        print(json.dumps(resolved_config(args), indent=1))
+        return 0
     try:
         preflight(args)
     except ConfigError as e:

@@ -12,11 +12,11 @@ fraction of the dense MACs (or parameters) removed.
 
 Adding an option, e.g. a switch::
 
-    reselect_at_sl_end: bool = option(False, "choose the sub-network once more at sl_end", boolean)
+    reselect_at_prune: bool = option(False, "choose the sub-network once more right before the prune", boolean)
 
-gives ``PrunerConfig(..., reselect_at_sl_end=True)``, ``--reselect-at-sl-end`` /
-``--no-reselect-at-sl-end`` and its entry in ``to_dict()``; the pruner reads
-``self.config.reselect_at_sl_end``.
+gives ``PrunerConfig(..., reselect_at_prune=True)``, ``--reselect-at-prune`` /
+``--no-reselect-at-prune`` and its entry in ``to_dict()``; the pruner reads
+``self.config.reselect_at_prune``.
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-__all__ = ["PrunerConfig", "option", "TARGETS", "REGULARIZERS", "boolean", "int_at_least", "real_in", "one_of"]
+__all__ = ["PrunerConfig", "option", "TARGETS", "REGULARIZERS", "SALIENCY_PARAMS", "boolean", "int_at_least",
+           "real_in", "one_of"]
 
 TARGETS = ("macs", "params")
 REGULARIZERS = ("shrink", "group_lasso", "both")
+SALIENCY_PARAMS = ("published", "all")
 
 
 # --------------------------------------------------------------------------------- field checks
@@ -90,6 +92,14 @@ def _nonneg_real(name: str, v: Any) -> float:
     return float(v)
 
 
+def _reg_or_auto(name: str, v: Any) -> Union[float, str]:
+    if v == "auto":
+        return "auto"
+    if not _is_real(v) or not math.isfinite(float(v)) or float(v) < 0.0:
+        raise ValueError(f"{name} must be a finite number >= 0 or 'auto', got {v!r}")
+    return float(v)
+
+
 def _epoch_or_auto(name: str, v: Any) -> Union[int, str]:
     if v == "auto":
         return "auto"
@@ -137,6 +147,12 @@ def _cli_epoch_or_auto(text: str) -> Union[int, str]:
     if text == "auto":
         return "auto"
     return _cli_number(int, int_at_least(0))(text)
+
+
+def _cli_reg_or_auto(text: str) -> Union[float, str]:
+    if text == "auto":
+        return "auto"
+    return _cli_number(float, _nonneg_real)(text)
 
 
 def _cli_names(text: str) -> tuple[str, ...]:
@@ -191,17 +207,33 @@ class PrunerConfig:
     sl_end: int = option(
         110, "0-based epoch by whose end the model is pruned at the latest, if it was not stable before "
              "(monitor_start < sl_end < total_epochs)", int_at_least(0), metavar="EPOCH")
-    reg: float = option(
-        1e-4, "regularisation strength at the start of sparsity learning (>= 0)", _nonneg_real)
+    reg: Union[float, str] = option(
+        1e-4, "regularisation strength at the start of sparsity learning (>= 0), growing by reg_delta every "
+              "reg_interval epochs; or 'auto': shrink the channels chosen for removal along the published "
+              "CIFAR-10 curve (sum of reg*lr over the steps about 8.3 by sl_end, a factor of about 2.4e-4) "
+              "whatever the number of epochs, steps per epoch and lr (reg_delta and reg_interval unused)",
+        _reg_or_auto, parse=_cli_reg_or_auto, metavar="REG|auto")
     reg_delta: float = option(
         1e-4, "added to the regularisation strength every reg_interval epochs (>= 0)", _nonneg_real)
     reg_interval: int = option(
         1, "epochs between increases of the regularisation strength (1 for CIFAR, 2 for ImageNet as "
            "published)", int_at_least(1), metavar="EPOCHS")
     regularizer: str = option(
-        "both", "shrink: scale the channels chosen for removal by (1 - reg*lr) after each step (what the "
-                "published code does); group_lasso: add the paper's penalty gradient; both",
+        "shrink", "shrink: scale the channels chosen for removal by (1 - reg*lr) after each optimizer step "
+                  "(what produced the published numbers: the published penalty term is computed under "
+                  "no_grad); group_lasso: add the gradient of the penalty reg*sum_c ||g_c|| the paper "
+                  "describes (this project's extension; SGD momentum amplifies it about tenfold); both",
         one_of(REGULARIZERS), choices=REGULARIZERS)
+    saliency_params: str = option(
+        "published", "which weights count in the saliency, the cost share and the shrink: published = conv/"
+                     "linear rows and columns and BatchNorm weights (depthwise-conv and LayerNorm weights "
+                     "left out, as published); all = every coupled slice, depthwise-conv and LayerNorm "
+                     "weights included (only MobileNet/ConvNeXt-style models differ)",
+        one_of(SALIENCY_PARAMS), choices=SALIENCY_PARAMS)
+    reselect_at_prune: bool = option(
+        False, "choose the sub-network once more at the end of the prune epoch, from the weights its "
+               "training left, instead of pruning the one chosen at its start (the published ImageNet loop)",
+        boolean)
     stability_threshold: float = option(
         0.999, "prune when the stability indicator (mean Jaccard similarity of recent sub-networks, "
                "0..1) reaches this, in (0, 1]", real_in(0.0, 1.0, True, False, "an indicator value"),

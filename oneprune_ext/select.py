@@ -1,4 +1,4 @@
-"""Sub-network search and stability indicator (DESIGN section 2), as pure functions.
+"""Sub-network search and stability indicator, as pure functions.
 
 Nothing here touches a model or the compiled extension: the inputs are the
 per-channel saliency vector the kernels produce (all groups concatenated in
@@ -79,8 +79,8 @@ def _cost_share_np(per_channel_mac_cost: Sequence[float]) -> np.ndarray:
 def layer_limits(sizes: Sequence[int], layer_limit: float = 0.75, k: float = 1.0) -> list[int]:
     """Most channels removable from each group: ``floor(C * L(C))``.
 
-    ``L(C) = layer_limit * (1 - exp(-k * C))`` (DESIGN section 2; published
-    defaults ``layer_limit=0.75``, ``k=1.0``).  The result is additionally capped
+    ``L(C) = layer_limit * (1 - exp(-k * C))`` (the published limit; published
+    defaults ``layer_limit=0.75``, ``k=1.0``: the most salient rest of a group is protected).  The result is additionally capped
     at ``C - 1`` so a group always keeps at least one channel (only reachable
     with ``layer_limit=1``, where float rounding would otherwise allow ``C``).
 
@@ -240,7 +240,7 @@ def select_subnetwork(
 ) -> Selection:
     """Choose the channels to remove so the cost drops by ``target_reduction``.
 
-    Steps (DESIGN section 2):
+    Steps (the published selection, with an exact cost function instead of pruning copies):
 
     1. adjusted saliency = saliency x ``(1 - cost_share(group))`` (computed in float32);
     2. in each group the ``size - limit`` channels of highest adjusted saliency are protected
@@ -461,8 +461,8 @@ class StabilityTracker:
       running mean of three.  (The published code also appends ``sim = 0`` for epochs before
       monitoring starts; those only ever average with other zeros, so the values from the
       first monitored epoch on are identical.)
-    * :meth:`is_stable`: ``psi >= threshold`` (the published loop stops at ``>=``; DESIGN writes
-      ``>``; they differ only at exact equality).
+    * :meth:`is_stable`: ``psi >= threshold``, as the published loop tests it (a strict ``>``
+      would differ only at exact equality).
 
     Attributes:
         sims: every ``sim`` value so far, one per update.

@@ -145,6 +145,24 @@ class StateReader:
                             reduction=self.number(f"{what}.reduction", h["reduction"]), kept_counts=counts))
         return out
 
+    def sparsity(self, key: str) -> dict[str, Any]:
+        """The regulariser's running totals (absent in states written before ``reg="auto"``)."""
+        sp = self.state.get(key) or {}
+        if not isinstance(sp, Mapping):
+            raise self.bad(f"{key} must be a dict")
+        steps, lr = sp.get("steps_per_epoch"), sp.get("last_lr")
+        auto = sp.get("auto")
+        if auto is not None:
+            if not isinstance(auto, Mapping):
+                raise self.bad(f"{key}.auto must be a dict")
+            auto = {"applied": self.number(f"{key}.auto.applied", auto.get("applied", 0.0)),
+                    "per_step": self.number(f"{key}.auto.per_step", auto.get("per_step", 0.0)),
+                    "left": self.int(auto.get("left", 0), f"{key}.auto.left", 0)}
+        return {"steps_per_epoch": None if steps is None else self.int(steps, f"{key}.steps_per_epoch", 1),
+                "last_lr": None if lr is None else self.number(f"{key}.last_lr", lr),
+                "shrink_total": self.number(f"{key}.shrink_total", sp.get("shrink_total", 0.0)),
+                "auto": auto}
+
     def selection(self, key: str, sizes: Sequence[int]) -> Optional[Selection]:
         s = self.get(key)
         if s is None:

@@ -9,8 +9,16 @@
         pruner.before_step()
         optimizer.step()
         pruner.after_step(lr)
+        scheduler.step()                 # schedule_unit="iteration" only
+    if pruner.will_prune(epoch):
+        evaluate(model, test_loader)     # accuracy right before the prune
     pruner.epoch_end(epoch, optimizer)   # may prune the model in place
-    scheduler.step()
+    scheduler.step()                     # schedule_unit="epoch" (default)
+    evaluate(model, test_loader)         # the epoch's test accuracy (right after a prune)
+
+The two evaluations around the prune have no training step between them, so their difference,
+the *prune shock* (:attr:`TrainResult.prune_shock`), shows what the prune itself did: near 0
+when sparsity learning had already shrunk the removed channels to almost nothing.
 
 Pruning happens in place between steps, so the optimizer and the learning-rate
 scheduler are the same objects for the whole run (momentum is kept for the kept
@@ -85,6 +93,13 @@ class EpochRecord:
         macs: MACs per sample of the model after the epoch.
         params: parameter count after the epoch.
         seconds: wall time of the epoch (training, evaluation and checkpoint), in seconds.
+        removed_norm_share: share of the squared weight norm the channels chosen for removal
+            held at the end of the epoch, before any prune (0..1; ``None`` when no sub-network
+            was chosen: dense phase, after the prune, no pruner).
+        shrink: the pruner's shrink so far, ``sum of reg * lr`` over its sparsity-learning
+            steps (``None`` without a pruner).
+        acc_before_prune / acc_after_prune: test accuracy (percent) right before and right
+            after the physical prune, with no training in between; ``None`` unless ``pruned_now``.
     """
 
     epoch: int
@@ -100,6 +115,10 @@ class EpochRecord:
     macs: int
     params: int
     seconds: float
+    removed_norm_share: float | None = None
+    shrink: float | None = None
+    acc_before_prune: float | None = None
+    acc_after_prune: float | None = None
 
 
 @dataclass
@@ -121,6 +140,11 @@ class TrainResult:
         pruner_init_seconds: the pruner's one-off construction (tracing, cost model,
             layout; ``pruner.init_seconds``), in seconds; not part of ``wall_time`` or
             ``pruner_seconds`` (the pruner is built before :func:`train` is called).
+        acc_before_prune / acc_after_prune: test accuracy (percent) right before and right
+            after the physical prune, no training in between; ``None`` if not pruned.
+        removed_norm_share: share of the squared weight norm the removed channels held right
+            before the prune (0..1), or ``None``.
+        shrink_at_prune: the pruner's shrink (``sum of reg * lr``) when it pruned, or ``None``.
     """
 
     history: list[EpochRecord] = field(default_factory=list)
@@ -134,6 +158,18 @@ class TrainResult:
     pruner_seconds: float = 0.0
     pruner_overhead_pct: float = 0.0
     pruner_init_seconds: float = 0.0
+    acc_before_prune: float | None = None
+    acc_after_prune: float | None = None
+    removed_norm_share: float | None = None
+    shrink_at_prune: float | None = None
+
+    @property
+    def prune_shock(self) -> float | None:
+        """Accuracy lost by the prune itself, in points: ``acc_before_prune - acc_after_prune``
+        (``None`` if not pruned; negative when the prune happened to gain accuracy)."""
+        if self.acc_before_prune is None or self.acc_after_prune is None:
+            return None
+        return self.acc_before_prune - self.acc_after_prune
 
     @property
     def macs_reduction(self) -> float:
@@ -150,6 +186,7 @@ class TrainResult:
         d = dataclasses.asdict(self)
         d["macs_reduction"] = self.macs_reduction
         d["params_reduction"] = self.params_reduction
+        d["prune_shock"] = self.prune_shock
         return d
 
 
@@ -303,17 +340,38 @@ def _norm(v: Any) -> Any:
 # the loop
 
 
+SCHEDULE_UNITS = ("epoch", "iteration")
+
+
 def _make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int,
-                    milestones: Sequence[float], gamma: float) -> torch.optim.lr_scheduler.LRScheduler:
+                    milestones: Sequence[float], gamma: float,
+                    steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LRScheduler:
+    """The lr scheduler, in units of its steps: epochs, or iterations (``steps_per_epoch`` per epoch)."""
     if schedule == "step":
         bad = [m for m in milestones if not 0.0 < float(m) < 1.0]
         if bad:
             raise ValueError(f"train: milestones are fractions of the run in (0, 1), got {list(milestones)}")
-        steps = sorted({max(1, int(round(float(m) * epochs))) for m in milestones})
+        steps = sorted({max(1, int(round(float(m) * epochs))) * steps_per_epoch for m in milestones})
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=steps, gamma=gamma)
     if schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     raise ValueError(f"train: schedule must be 'step' or 'cosine', got {schedule!r}")
+
+
+def _steps_per_epoch(loader: Iterable, unit: str) -> int:
+    """Scheduler steps per epoch: 1, or the training loader's batches for ``unit="iteration"``."""
+    if unit not in SCHEDULE_UNITS:
+        raise ValueError(f"train: schedule_unit must be one of {SCHEDULE_UNITS}, got {unit!r}")
+    if unit == "epoch":
+        return 1
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError("train: schedule_unit='iteration' needs a training loader with a length "
+                         "(len(train_loader) batches per epoch)") from None
+    if n < 1:
+        raise ValueError("train: the training loader yields no batches")
+    return int(n)
 
 
 def _set_sampler_epoch(loader: Iterable, epoch: int) -> None:
@@ -346,6 +404,7 @@ class _Run:
     config: dict[str, Any]
     run_options: dict[str, Any] = field(default_factory=dict)  # the caller's, recorded and compared
     group: Any = None  # the process group under torch.distributed, else None
+    per_iteration: bool = False  # the scheduler steps after every optimizer step (else once per epoch)
     history: list[EpochRecord] = field(default_factory=list)
     start_epoch: int = 0
     wall_before: float = 0.0  # wall time of earlier segments (resume)
@@ -476,7 +535,9 @@ def _train_epoch(run: _Run, loader: Iterable, epoch: int) -> tuple[_EpochSums, f
                 sums.penalty += pen.detach().to(torch.float64)
         run.optimizer.step()
         if run.pruner is not None:
-            run.pruner.after_step(cur_lr)
+            run.pruner.after_step(run.optimizer.param_groups[0]["lr"] if run.per_iteration else cur_lr)
+        if run.per_iteration:
+            run.scheduler.step()
         n = int(y.numel())
         sums.loss += loss.detach().to(torch.float64) * n
         sums.correct += (out.detach().argmax(1) == y).sum()
@@ -487,10 +548,21 @@ def _train_epoch(run: _Run, loader: Iterable, epoch: int) -> tuple[_EpochSums, f
     return sums, cur_lr
 
 
+def _accuracy_before_prune(run: _Run, test_loader: Iterable, epoch: int) -> float | None:
+    """Test accuracy right before the prune when ``epoch_end(epoch)`` is about to prune, else None."""
+    if run.pruner is None or not run.pruner.will_prune(epoch):
+        return None
+    if run.group is not None:
+        _dist.broadcast_buffers(run.model, run.group)  # rank 0's BN statistics, as after the prune
+    return evaluate(run.model, test_loader, run.device, process_group=run.group)
+
+
 def _end_epoch(run: _Run, test_loader: Iterable, epoch: int, sums: _EpochSums, cur_lr: float) -> EpochRecord:
-    """Prune (maybe), step the scheduler, evaluate; the epoch's record."""
+    """Evaluate right before a prune, prune (maybe), step the scheduler, evaluate; the epoch's record."""
+    acc_before = _accuracy_before_prune(run, test_loader, epoch)
     report = run.pruner.epoch_end(epoch, run.optimizer) if run.pruner is not None else None
-    run.scheduler.step()
+    if not run.per_iteration:
+        run.scheduler.step()
     pruned_now = bool(getattr(report, "pruned_now", False))
     if pruned_now and run.group is not None:
         run.net = _dist.rewrap(run.net)  # DDP's buckets hold the dense shapes
@@ -519,6 +591,10 @@ def _end_epoch(run: _Run, test_loader: Iterable, epoch: int, sums: _EpochSums, c
         macs=run.macs_now,
         params=run.params_now,
         seconds=0.0,
+        removed_norm_share=getattr(report, "removed_norm_share", None),
+        shrink=None if report is None else float(report.shrink),
+        acc_before_prune=acc_before if pruned_now else None,
+        acc_after_prune=test_acc if pruned_now else None,
     )
 
 
@@ -559,7 +635,8 @@ def _show(bar: Any, run: _Run, rec: EpochRecord) -> None:
 def _result(run: _Run, test_loader: Iterable) -> TrainResult:
     wall_time = run.wall_before + (time.perf_counter() - run.t_start)
     pruner_seconds = run.pruner_before + _pruner_seconds(run.pruner)
-    prune_epoch = next((h.epoch for h in run.history if h.pruned_now), None)
+    prune_rec = next((h for h in run.history if h.pruned_now), None)
+    prune_epoch = None if prune_rec is None else prune_rec.epoch
     if run.pruner is not None and prune_epoch is None and getattr(run.pruner, "prune_epoch", None) is not None:
         prune_epoch = int(run.pruner.prune_epoch)
     final_acc = run.history[-1].test_acc if run.history else evaluate(
@@ -576,6 +653,10 @@ def _result(run: _Run, test_loader: Iterable) -> TrainResult:
         pruner_seconds=pruner_seconds,
         pruner_overhead_pct=100.0 * pruner_seconds / wall_time if wall_time > 0 else 0.0,
         pruner_init_seconds=float(getattr(run.pruner, "init_seconds", 0.0)) if run.pruner is not None else 0.0,
+        acc_before_prune=None if prune_rec is None else prune_rec.acc_before_prune,
+        acc_after_prune=None if prune_rec is None else prune_rec.acc_after_prune,
+        removed_norm_share=None if prune_rec is None else prune_rec.removed_norm_share,
+        shrink_at_prune=None if prune_rec is None else prune_rec.shrink,
     )
 
 
@@ -592,6 +673,7 @@ def train(
     schedule: str = "step",
     milestones: Sequence[float] = CIFAR_MILESTONES,
     gamma: float = CIFAR_GAMMA,
+    schedule_unit: str = "epoch",
     pruner: "OneCyclePruner | None" = None,
     device: torch.device | str = "cpu",
     checkpoint: str | os.PathLike | None = None,
@@ -607,8 +689,9 @@ def train(
     The run, in named steps: set-up (model on ``device``, SGD, scheduler), resume from the
     checkpoint (:func:`_resume`), then per epoch: train (:func:`_train_epoch`: the pruner's
     ``epoch_start``, then per batch forward, backward, ``before_step``, ``optimizer.step()``,
-    ``after_step``), end the epoch (:func:`_end_epoch`: ``epoch_end`` -- may prune in place --,
-    scheduler step, evaluation) and write the checkpoint (:func:`_write_checkpoint`).
+    ``after_step``), end the epoch (:func:`_end_epoch`: an evaluation right before the prune when
+    the pruner will prune, ``epoch_end`` -- may prune in place --, scheduler step, evaluation)
+    and write the checkpoint (:func:`_write_checkpoint`).
 
     Args:
         model: the network; moved to ``device`` and trained (and pruned) in place.
@@ -618,12 +701,17 @@ def train(
             each rank's loaders yield its shard (see :mod:`oneprune_ext.data`).
         epochs: length of the run, in epochs (the whole run, also when resuming).
         lr: initial learning rate.
-        momentum, weight_decay, nesterov: SGD settings (published: 0.9, 5e-4, Nesterov).
+        momentum, weight_decay, nesterov: SGD settings (published CIFAR-10: 0.9, 5e-4, Nesterov;
+            published ImageNet: 0.9, 1e-4, no Nesterov).
         schedule: ``"step"`` (lr x ``gamma`` at each of ``milestones``) or ``"cosine"``
-            (cosine annealing to 0 over ``epochs``); the scheduler steps once per epoch.
+            (cosine annealing to 0 over the run).
         milestones: for ``"step"``, fractions of ``epochs`` in (0, 1) (published CIFAR:
             0.3, 0.6, 0.8, 0.9), rounded to the nearest epoch.
         gamma: lr multiplier at each milestone (published: 0.2).
+        schedule_unit: ``"epoch"``: the scheduler steps once per epoch (after ``epoch_end``);
+            ``"iteration"``: after every optimizer step, over ``epochs * len(train_loader)``
+            steps (the published ImageNet cosine); the pruner's ``after_step`` then gets each
+            step's own lr.
         pruner: a :class:`~oneprune_ext.pruner.OneCyclePruner` built on ``model`` with
             ``total_epochs == epochs``, or ``None`` for a dense run.
         device: where to train.
@@ -658,18 +746,21 @@ def train(
     group = _process_group(pruner, distributed)
     device = torch.device(device)
     ckpt_path = _prepare_checkpoint(checkpoint, group)
+    steps_per_epoch = _steps_per_epoch(train_loader, schedule_unit)
     config = {"epochs": epochs, "lr": float(lr), "momentum": float(momentum),
               "weight_decay": float(weight_decay), "nesterov": bool(nesterov), "schedule": schedule,
               "milestones": [float(m) for m in milestones], "gamma": float(gamma),
               "pruned_run": pruner is not None}
+    if schedule_unit != "epoch":  # (absent from checkpoints of per-epoch runs, as before it existed)
+        config["schedule_unit"] = schedule_unit
 
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                                 weight_decay=weight_decay, nesterov=nesterov and momentum > 0)
     run = _Run(model=model, net=model, optimizer=optimizer,
-               scheduler=_make_scheduler(optimizer, schedule, epochs, milestones, gamma), pruner=pruner,
-               device=device, example=_first_input(train_loader).to(device), config=config, group=group,
-               run_options=_norm(dict(run_options or {})))
+               scheduler=_make_scheduler(optimizer, schedule, epochs, milestones, gamma, steps_per_epoch),
+               pruner=pruner, device=device, example=_first_input(train_loader).to(device), config=config,
+               group=group, per_iteration=schedule_unit == "iteration", run_options=_norm(dict(run_options or {})))
     run.dense_macs = count_macs(model, run.example)
     run.dense_params = count_params(model)
     if resume and ckpt_path is not None and os.path.exists(ckpt_path):

@@ -170,9 +170,14 @@ def test_cli_smoke(tmp_path, capsys) -> None:
                    "--checkpoint", str(tmp_path / "ck.pt"), "--save", str(saved), "--json", str(out_json)])
     assert rc == 0
     text = capsys.readouterr().out
-    for row in ("test accuracy (%)", "MACs per image", "parameters", "prune epoch", "pruning overhead"):
+    for row in ("test accuracy (%)", "MACs per image", "parameters", "prune epoch", "pruning overhead",
+                "accuracy before / after (%)", "prune shock (points lost)", "norm share removed"):
         assert row in text
     res = json.loads(out_json.read_text())
+    p = res["pruned"]  # the prune shock, in the JSON report too
+    assert p["prune_shock"] == pytest.approx(p["acc_before_prune"] - p["acc_after_prune"])
+    assert 0 <= p["removed_norm_share"] < 1 and p["shrink_at_prune"] > 0
+    assert res["pruner_config"]["regularizer"] == "shrink" and res["pruner_config"]["reg"] == "auto"
     assert abs(res["pruned"]["macs_reduction"] - 0.4) <= 0.01
     assert res["dense"]["prune_epoch"] is None and res["pruned"]["prune_epoch"] <= 3
     assert sorted(os.listdir(tmp_path)) == ["ck.dense.pt", "ck.pt", "pruned.pt", "r.json"]

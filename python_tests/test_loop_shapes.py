@@ -21,8 +21,9 @@ torch_gen = torch.Generator().manual_seed(0)
 X = torch.randn(32, 1, 8, 8, generator=torch_gen)
 Y = torch.randint(0, 10, (32,), generator=torch_gen)
 BATCHES = [(X[:16], Y[:16]), (X[16:], Y[16:])]
-# prunes at the end of epoch 3 at the latest, then trains on; strong regularisation
-CONFIG = PrunerConfig(total_epochs=5, monitor_start=0, sl_start=1, sl_end=3, reg=0.05, reg_delta=0.0)
+# prunes at the end of epoch 3 at the latest, then trains on; strong regularisation, both regularizers
+CONFIG = PrunerConfig(total_epochs=5, monitor_start=0, sl_start=1, sl_end=3, reg=0.05, reg_delta=0.0,
+                      regularizer="both")
 LR = 0.05
 
 

@@ -467,7 +467,9 @@ def test_every_config_field_is_a_cli_flag():
     flags = {a.dest: a.option_strings for a in parser._actions}
     for f in dataclasses.fields(PrunerConfig):
         if f.metadata["cli"]:
-            assert flags.get(f.name) == [PrunerConfig.flag(f.name)], f.name
+            flag = PrunerConfig.flag(f.name)
+            expected = [flag, "--no-" + flag[2:]] if isinstance(f.default, bool) else [flag]
+            assert flags.get(f.name) == expected, f.name
     args = cli.parse_args(["--epochs", "10", "--reduction", "0.3", "--ignored-layers", "fc,stem.0",
                            "--round-to", "2"])
     cfg = args.pruner_config

@@ -1,4 +1,4 @@
-"""Sub-network search and stability indicator against hand-computed cases (DESIGN section 2)."""
+"""Sub-network search and stability indicator against hand-computed cases (the published rules)."""
 
 from __future__ import annotations
 

@@ -155,7 +155,7 @@ def test_corrupt_state_leaves_the_fresh_model_dense(pruned_state, corrupt) -> No
 
 
 @pytest.mark.parametrize("option, value", [("reduction", 0.4), ("target", "params"), ("total_epochs", 9),
-                                           ("sl_end", 4), ("regularizer", "shrink"), ("reg", 2e-4)])
+                                           ("sl_end", 4), ("regularizer", "group_lasso"), ("reg", 2e-4)])
 def test_state_of_other_options_is_refused_naming_them(pruned_state, option: str, value: Any) -> None:
     model = _mlp(seed=3)
     q = OneCyclePruner(model, X, **{**OPTS, option: value})
