@@ -139,8 +139,11 @@ def _fresh() -> tuple[nn.Module, OneCyclePruner]:
     lambda s: s.update(last_end=7, last_start=5),
     lambda s: s["selection"].update(removal_mask=torch.zeros(2, dtype=torch.bool)),
     lambda s: s.update(reg_current=float("nan")),
+    lambda s: s["sparsity"].update(shrink_total=-1.0),
+    lambda s: s.update(sparsity=[1]),
 ], ids=["no-masks", "no-stats", "no-history", "tracker-lengths", "tracker-indices", "history-entry", "history-counts",
-        "mask-size", "keep-range", "keep-groups", "prune-epoch", "epoch-order", "selection-mask", "reg-nan"])
+        "mask-size", "keep-range", "keep-groups", "prune-epoch", "epoch-order", "selection-mask", "reg-nan",
+        "shrink-total", "sparsity-list"])
 def test_corrupt_state_leaves_the_fresh_model_dense(pruned_state, corrupt) -> None:
     state = _clone(pruned_state)
     corrupt(state)
@@ -420,3 +423,24 @@ def test_keep_as_a_selection_list() -> None:
     assert new.sizes == [(g.size + 1) // 2 if i != 1 else g.size for i, g in enumerate(groups)]
     with pytest.raises(ValueError, match="has 2 entries, the model has 4 groups"):
         prune_channels(model, new, [[0], [0]])
+
+
+def test_corrupt_auto_regularizer_state_is_refused() -> None:
+    opts = dict(OPTS, reg="auto")
+    p = OneCyclePruner(_mlp(), X, **opts)
+    for e in range(3):
+        p.epoch_start(e)
+        p.epoch_end(e)
+    state = _roundtrip(p.state_dict())
+    assert state["sparsity"]["auto"] is not None
+    for bad in ({"left": -1}, {"applied": float("inf")}, {"per_step": "x"}):
+        broken = _clone(state)
+        broken["sparsity"]["auto"].update(bad)
+        model = _mlp(seed=3)
+        q = OneCyclePruner(model, X, **opts)
+        before = snapshot(model, pruner=q)
+        with pytest.raises(ValueError, match="corrupt state: sparsity.auto"):
+            q.load_state_dict(broken)
+        assert_unchanged(before, model, pruner=q)
+        q.load_state_dict(state)
+        assert q.state_dict()["sparsity"] == state["sparsity"]
