@@ -1,13 +1,14 @@
-"""Tracing and physical pruning of ResNet-50: oneprune_ext vs Torch-Pruning, same run.
+"""Tracing and physical pruning: oneprune_ext vs Torch-Pruning, same run.
 
 Run::
 
     .venv/bin/python -m pytest benchmarks/bench_prune.py -q -s --benchmark-columns=min,median,max
 
-What is timed (CPU, fp32, torchvision ResNet-50, random init, input 1x3x224x224):
+What is timed (CPU, fp32, torchvision models, random init, input 1x3x224x224):
 
-* tracing: ``trace_groups`` vs Torch-Pruning's ``DependencyGraph().build_dependency``;
-* pruning: ``prune_channels`` (in place, same Parameters) vs, for the very same keep
+* tracing: ``trace_groups`` vs Torch-Pruning's ``DependencyGraph().build_dependency`` on
+  ResNet-50, EfficientNet-B0 and ViT-B/16 (both include one forward pass of the model);
+* pruning (ResNet-50): ``prune_channels`` (in place, same Parameters) vs, for the very same keep
   sets (half of every group, chosen at random), Torch-Pruning's
   ``DG.get_pruning_group(producer, prune_*_out_channels, idxs).prune()`` for each group.
   The tracing / dependency graph is built in the (untimed) setup of every round.
@@ -43,9 +44,12 @@ ROUNDS = 5
 _results: dict[str, float] = {}
 
 
-def _model() -> torch.nn.Module:
+TRACED = {"resnet50": 37, "efficientnet_b0": 40, "vit_b_16": 13}  # model -> groups we find
+
+
+def _model(name: str = "resnet50") -> torch.nn.Module:
     torch.manual_seed(0)
-    return torchvision.models.resnet50(weights=None).eval()
+    return getattr(torchvision.models, name)(weights=None).eval()
 
 
 def _keep(groups: Any, seed: int = 0) -> dict[int, list[int]]:
@@ -78,22 +82,24 @@ def _store(name: str, benchmark: Any) -> None:
     _results[name] = float(benchmark.stats.stats.median)
 
 
-def test_trace_ours(benchmark: Any) -> None:
-    model, x = _model(), torch.randn(*INPUT)
+@pytest.mark.parametrize("name", list(TRACED))
+def test_trace_ours(benchmark: Any, name: str) -> None:
+    model, x = _model(name), torch.randn(*INPUT)
     groups = benchmark.pedantic(trace_groups, args=(model, x), rounds=ROUNDS, warmup_rounds=1)
-    assert len(groups) == 37
-    _store("trace_ours", benchmark)
-    assert _results["trace_ours"] < 10.0
+    assert len(groups) == TRACED[name]
+    _store(f"trace_ours/{name}", benchmark)
+    assert _results[f"trace_ours/{name}"] < 10.0
 
 
-def test_trace_torch_pruning(benchmark: Any) -> None:
-    model, x = _model(), torch.randn(*INPUT)
+@pytest.mark.parametrize("name", list(TRACED))
+def test_trace_torch_pruning(benchmark: Any, name: str) -> None:
+    model, x = _model(name), torch.randn(*INPUT)
 
     def build() -> Any:
         return tp.DependencyGraph().build_dependency(model, example_inputs=x, verbose=False)
 
     benchmark.pedantic(build, rounds=ROUNDS, warmup_rounds=1)
-    _store("trace_tp", benchmark)
+    _store(f"trace_tp/{name}", benchmark)
 
 
 def test_prune_ours(benchmark: Any) -> None:
@@ -183,16 +189,17 @@ def _measure_subprocess(which: str) -> dict[str, float] | None:
 def test_report() -> None:
     mem = {w: _measure_subprocess(w) for w in ("ours", "tp")}
     r = _results
-    lines = ["", "ResNet-50 (torchvision, 224x224, CPU) -- median seconds",
-             f"{'':28s}{'oneprune_ext':>14s}{'Torch-Pruning':>15s}{'TP / ours':>11s}"]
-    if "trace_ours" in r and "trace_tp" in r:
-        lines.append(f"{'trace / dependency graph':28s}{r['trace_ours']:14.3f}{r['trace_tp']:15.3f}"
-                     f"{r['trace_tp'] / r['trace_ours']:10.2f}x")
+    lines = ["", "torchvision, 224x224, CPU -- median seconds",
+             f"{'':34s}{'oneprune_ext':>14s}{'Torch-Pruning':>15s}{'TP / ours':>11s}"]
+    for name in TRACED:
+        a, b = r.get(f"trace_ours/{name}"), r.get(f"trace_tp/{name}")
+        if a is not None and b is not None:
+            lines.append(f"{'trace / dep. graph ' + name:34s}{a:14.3f}{b:15.3f}{b / a:10.2f}x")
     if "prune_ours" in r and "prune_tp" in r:
-        lines.append(f"{'prune 50% of every group':28s}{r['prune_ours']:14.3f}{r['prune_tp']:15.3f}"
+        lines.append(f"{'prune 50% of every group resnet50':34s}{r['prune_ours']:14.3f}{r['prune_tp']:15.3f}"
                      f"{r['prune_tp'] / r['prune_ours']:10.2f}x")
     if mem["ours"] and mem["tp"]:
-        lines.append(f"{'peak RSS growth in prune MB':28s}{mem['ours']['peak_delta_mb']:14.1f}"
+        lines.append(f"{'peak RSS growth in prune MB':34s}{mem['ours']['peak_delta_mb']:14.1f}"
                      f"{mem['tp']['peak_delta_mb']:15.1f}"
                      f"{mem['tp']['peak_delta_mb'] / max(mem['ours']['peak_delta_mb'], 1e-3):10.2f}x")
     print("\n".join(lines))

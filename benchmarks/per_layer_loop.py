@@ -41,9 +41,10 @@ def per_layer_norms(model, groups) -> list[torch.Tensor]:
     return out
 
 
-def per_layer_step(model, groups, masks: list[torch.Tensor]) -> None:
+def per_layer_lasso(model, groups, masks: list[torch.Tensor], reg: float = REG) -> None:
+    """Group-lasso gradient of the chosen channels: per group, their norms over every coupled
+    slice, then ``grad += reg * w / norm`` slice by slice (regularizer "group_lasso")."""
     params = dict(model.named_parameters())
-    per_layer_norms(model, groups)
     for g, m in zip(groups, masks):
         idx = m.nonzero().flatten()
         if idx.numel() == 0:
@@ -52,7 +53,7 @@ def per_layer_step(model, groups, masks: list[torch.Tensor]) -> None:
         for s in g.norm_slices():
             w = params[s.name].data.index_select(s.dim, _slice_index(s, idx))
             norm2 += w.transpose(0, s.dim).reshape(idx.numel(), -1).float().pow(2).sum(1)
-        coef = REG / norm2.sqrt().clamp_min(1e-12)
+        coef = reg / norm2.sqrt().clamp_min(1e-12)
         for s in g.norm_slices():
             p = params[s.name]
             sidx = _slice_index(s, idx)
@@ -60,7 +61,23 @@ def per_layer_step(model, groups, masks: list[torch.Tensor]) -> None:
             shape[s.dim] = -1
             cexp = coef.repeat_interleave(s.block).view(shape)
             p.grad.index_add_(s.dim, sidx, p.data.index_select(s.dim, sidx) * cexp)
+
+
+def per_layer_shrink(model, groups, masks: list[torch.Tensor], factor: float = 1 - REG * LR) -> None:
+    """Shrink of the chosen channels, slice by slice (regularizer "shrink")."""
+    params = dict(model.named_parameters())
+    for g, m in zip(groups, masks):
+        idx = m.nonzero().flatten()
+        if idx.numel() == 0:
+            continue
         for s in g.norm_slices():
             p = params[s.name]
             sidx = _slice_index(s, idx)
-            p.data.index_copy_(s.dim, sidx, p.data.index_select(s.dim, sidx) * (1 - REG * LR))
+            p.data.index_copy_(s.dim, sidx, p.data.index_select(s.dim, sidx) * factor)
+
+
+def per_layer_step(model, groups, masks: list[torch.Tensor]) -> None:
+    """Norms, group lasso and shrink: one step of regularizer "both" plus the search input."""
+    per_layer_norms(model, groups)
+    per_layer_lasso(model, groups, masks)
+    per_layer_shrink(model, groups, masks)

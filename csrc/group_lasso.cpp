@@ -1,4 +1,7 @@
 // group_lasso_grad_, CPU kernel: grad += reg * w / max(||g_c||, eps) for masked channels.
+// Step 1: partial sums of squares of the chunks holding a masked channel; step 2: per masked
+// channel its norm and coefficient (entry order), and the penalty (channel order); step 3: the
+// update, every element once (both terms where a masked row meets a masked column).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/scalar_tensor.h>
@@ -6,50 +9,51 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
+#include "cpu_walk.h"
 #include "oneprune.h"
-#include "segments_cpu.h"
 
 namespace oneprune {
 namespace {
 
-at::Tensor group_lasso_grad_cpu(at::TensorList tensors, at::TensorList grads, c10::IntArrayRef numels,
-                                const at::Tensor& segs, const at::Tensor& seg_ptr, const at::Tensor& runs,
-                                const at::Tensor& mask, const at::Tensor& reg, double eps) {
-  check_group_lasso(tensors, grads, numels, segs, seg_ptr, runs, mask, reg, eps);
-  const int64_t nchan = seg_ptr.size(1) - 1;
-  const int64_t nphase = seg_ptr.size(0);
-  const float reg_v = reg.item<float>();  // CPU tensor: no device sync involved
-  const cpu::TensorTable wt(tensors), gt(grads);
-  const int64_t nrun = runs.size(0);
-  const int64_t* rn = runs.data_ptr<int64_t>();
+at::Tensor group_lasso_grad_cpu(at::TensorList tensors, at::TensorList grads, const at::Tensor& table,
+                                const at::Tensor& mask, const at::Tensor& reg, double eps, c10::IntArrayRef frozen) {
+  const LayoutCall call = check_group_lasso(tensors, grads, table, mask, reg, eps, frozen);
+  const layout::Table& tab = call.table;
+  const float reg_v = reg.item<float>();  // a CPU tensor: no device sync involved
   const bool* mk = mask.data_ptr<bool>();
-  // Pass 1: sums of squares of the masked channels, per (run, channel), then per channel.
-  const std::vector<int64_t> off = cpu::run_offsets(rn, nrun);
-  std::vector<float> partial(static_cast<size_t>(off.back()));
-  cpu::run_sumsq_partials(wt, rn, cpu::make_work(rn, 0, nrun), off, mk, partial.data());
-  std::vector<float> norms(static_cast<size_t>(nchan), 0.f);
-  for (int64_t i = 0; i < nrun; ++i) {
-    const cpu::Run r = cpu::read_run(rn, i);
-    for (int64_t k = 0; k < r.count; ++k) norms[r.chan0 + k] += partial[off[i] + k];
-  }
-  std::vector<float> coefs(static_cast<size_t>(nchan), 0.f);
-  double total = 0.0;  // fixed-order sum: the penalty is bit-identical run after run
+  const std::vector<int32_t> counts = cpu::mask_prefix(mk, tab.nchan);
+  const cpu::TensorTable wt(tensors), gt(grads);
+  const std::unique_ptr<float[]> partial(new float[static_cast<size_t>(tab.nslots) + 1]);
+  cpu::for_each_chunk(tab, [&](int64_t, const layout::Tile& t, const layout::Chunk& c) {
+    if (!layout::chunk_has_masked_counted(t, c, counts.data())) return;  // its slots are read by no masked channel
+    cpu::dispatch_dtype(wt.dtype[t.tensor], [&](auto tag) {
+      using T = decltype(tag);
+      cpu::chunk_sumsq_masked(reinterpret_cast<const T*>(wt.ptr[t.tensor]), t, c, mk, partial.get() + c.slot0);
+    });
+  });
+  std::vector<float> norms(static_cast<size_t>(tab.nchan), 0.f), coefs(static_cast<size_t>(tab.nchan), 0.f);
   const float feps = static_cast<float>(eps);
-  for (int64_t c = 0; c < nchan; ++c) {
-    if (!mk[c]) continue;
-    norms[c] = std::sqrt(norms[c]);
-    coefs[c] = reg_v / std::max(norms[c], feps);
-    total += static_cast<double>(norms[c]);
-  }
-  // Pass 2, one sweep per phase: runs within a phase are disjoint, so work items update in
-  // parallel without races; an element shared by a row and a column channel receives both
-  // terms, rows first.
-  for (const auto& pr : cpu::phase_ranges(rn, nrun, nphase)) {
-    cpu::run_update<true>(gt, &wt, rn, cpu::make_work(rn, pr.first, pr.second), mk, coefs.data(),
-                          [](float g, float w, float coef) { return g + coef * w; });
-  }
+  at::parallel_for(0, tab.nchan, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      if (!mk[c]) continue;
+      norms[c] = std::sqrt(layout::combine_sumsq(tab, partial.get(), c));
+      coefs[c] = reg_v / std::max(norms[c], feps);
+    }
+  });
+  double total = 0.0;  // fixed order: the penalty is bit-identical run after run
+  for (int64_t c = 0; c < tab.nchan; ++c) total += static_cast<double>(norms[c]);
+  const cpu::Coefs co{mk, coefs.data()};
+  cpu::for_each_chunk(tab, [&](int64_t, const layout::Tile& t, const layout::Chunk& c) {
+    if (call.frozen[t.tensor] || !layout::chunk_has_masked_counted(t, c, counts.data())) return;
+    cpu::dispatch_dtype(wt.dtype[t.tensor], [&](auto tag) {
+      using T = decltype(tag);
+      cpu::chunk_update<cpu::LassoOp>(reinterpret_cast<T*>(gt.ptr[t.tensor]),
+                                      reinterpret_cast<const T*>(wt.ptr[t.tensor]), t, c, co);
+    });
+  });
   return at::scalar_tensor(static_cast<float>(reg_v * total), at::TensorOptions().dtype(at::kFloat));
 }
 

@@ -1,48 +1,38 @@
-// grouped_norms, CPU kernel: per channel, fp32 sum of squares and saliency in one pass
-// over the weights (row-major by runs; see segments_cpu.h).
+// grouped_norms, CPU kernel: per channel, fp32 sum of squares and saliency, reading every
+// element once (an element of a row and a column channel counts for both). Step 1: per chunk,
+// partial sums per slot (in parallel); step 2: per channel, its slots in entry order.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#include <cmath>
+#include <memory>
 
+#include "cpu_walk.h"
 #include "oneprune.h"
-#include "segments_cpu.h"
 
 namespace oneprune {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> grouped_norms_cpu(at::TensorList tensors, c10::IntArrayRef numels,
-                                                     const at::Tensor& segs, const at::Tensor& seg_ptr,
-                                                     const at::Tensor& runs) {
-  check_layout("grouped_norms", tensors, numels, segs, seg_ptr, runs);
-  const int64_t nchan = seg_ptr.size(1) - 1;
-  auto opts = at::TensorOptions().dtype(at::kFloat).device(segs.device());
-  at::Tensor sq = at::zeros({nchan}, opts);
-  at::Tensor sal = at::zeros({nchan}, opts);
-  const int64_t nrun = runs.size(0);
-  const int64_t* rn = runs.data_ptr<int64_t>();
+std::tuple<at::Tensor, at::Tensor> grouped_norms_cpu(at::TensorList tensors, const at::Tensor& table, int64_t nchan) {
+  const LayoutCall call = check_grouped_norms(tensors, table, nchan);
+  const layout::Table& tab = call.table;
+  auto opts = at::TensorOptions().dtype(at::kFloat).device(call.device);
+  at::Tensor sq = at::empty({tab.nchan}, opts);
+  at::Tensor sal = at::empty({tab.nchan}, opts);
+  const std::unique_ptr<float[]> partial(new float[static_cast<size_t>(tab.nslots) + 1]);
   const cpu::TensorTable tt(tensors);
-  const std::vector<int64_t> off = cpu::run_offsets(rn, nrun);
-  std::vector<float> partial(static_cast<size_t>(off.back()));
-  cpu::run_sumsq_partials(tt, rn, cpu::make_work(rn, 0, nrun), off, nullptr, partial.data());
-  // Combine per channel in run order (fixed): sum, and the saliency's mean over slices.
+  cpu::for_each_chunk(tab, [&](int64_t, const layout::Tile& t, const layout::Chunk& c) {
+    cpu::dispatch_dtype(tt.dtype[t.tensor], [&](auto tag) {
+      using T = decltype(tag);
+      cpu::chunk_sumsq(reinterpret_cast<const T*>(tt.ptr[t.tensor]), t, c, partial.get() + c.slot0);
+    });
+  });
   float* sq_out = sq.data_ptr<float>();
   float* sal_out = sal.data_ptr<float>();
-  std::vector<int32_t> m(static_cast<size_t>(nchan), 0);
-  for (int64_t i = 0; i < nrun; ++i) {
-    const cpu::Run r = cpu::read_run(rn, i);
-    const float inv = r.seg_numel() > 0 ? 1.f / std::sqrt(static_cast<float>(r.seg_numel())) : 0.f;
-    for (int64_t k = 0; k < r.count; ++k) {
-      const float ss = partial[off[i] + k];
-      sq_out[r.chan0 + k] += ss;
-      sal_out[r.chan0 + k] += ss * inv;
-      ++m[r.chan0 + k];
-    }
-  }
-  for (int64_t c = 0; c < nchan; ++c) sal_out[c] = m[c] > 0 ? sal_out[c] / static_cast<float>(m[c]) : 0.f;
+  at::parallel_for(0, tab.nchan, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) layout::combine_channel(tab, partial.get(), c, sq_out + c, sal_out + c);
+  });
   return {sq, sal};
 }
 

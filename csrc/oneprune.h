@@ -1,64 +1,63 @@
-// oneprune_ext: shared declarations for the C++ op schemas and CPU kernels.
+// oneprune_ext: host-side declarations shared by the op schemas (ops.cpp), the table checks
+// (table_check.cpp) and the CPU and CUDA kernels.
 //
-// The channel layout (built in oneprune_ext/layout.py) describes every channel of
-// every group as a list of *segments*. A segment is a 2-D strided chunk of one
-// tensor: `nrows` rows of `row_len` contiguous elements, consecutive rows
-// `row_stride` elements apart, starting at element `base` of the tensor.
-//   segs    int64 [nseg, 5]: (tensor index, base, nrows, row_len, row_stride)
-//   seg_ptr int64 [P, nchan+1]: in phase p, channel c owns segments
-//           seg_ptr[p][c] .. seg_ptr[p][c+1]-1 (segs are sorted by phase, then channel)
-// Phases exist because one weight element belongs to two channels (row o of a conv
-// is output channel o, column i is input channel i). Segments of one phase never
-// overlap, so kernels that write (group lasso, scaling) run one pass per phase with
-// every channel in parallel, deterministically and without atomics; phase p holds the
-// segments along the p-th distinct tensor dimension (rows first, then columns).
-// The same segments, grouped per slice (the CPU kernels walk these, row-major, so a
-// column slice is read in whole contiguous rows rather than one strided column at a time):
-//   runs    int64 [nrun, 8]: (tensor, first global channel, channel count, base of the first
-//           channel, rows, row_len, row_stride, phase); channel chan0+k's segment starts at
-//           base + k*row_len. Runs are sorted by phase; runs of one phase never overlap.
-// The data pointers themselves are read from the tensor list at every call, so a
-// re-allocated parameter is never read through a stale pointer.
+// The layout ops take the model's tensors and one int64 *table* on the host describing them
+// (csrc/layout_index.h documents its sections). Before a kernel touches memory, the host checks
+//   * the table itself, in full, the first time it is seen and again whenever it is modified
+//     (cached per table object and version: later calls cost one hash lookup), and
+//   * the tensors against the table at every call: count, device, dtype, and the shape and
+//     memory order the layout was built for (a stale layout is refused, never misread).
+// The CUDA kernels read a device copy of the table, made from the checked host table on the
+// first call on each device and kept while the host table lives.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
 #include <cstdint>
+#include <utility>
 #include <vector>
+
+#include "layout_index.h"
 
 namespace oneprune {
 
-constexpr int64_t kSegCols = 5;
-enum SegCol : int64_t { kTensor = 0, kBase = 1, kRows = 2, kRowLen = 3, kRowStride = 4 };
-constexpr int64_t kRunCols = 8;
-enum RunCol : int64_t {
-  kRunTensor = 0, kRunChan0 = 1, kRunCount = 2, kRunBase = 3, kRunRows = 4, kRunLen = 5, kRunStride = 6,
-  kRunPhase = 7
+// The checked table (host pointers into `table`, which must stay alive while they are used).
+layout::Table checked_table(const char* what, const at::Tensor& table);
+
+// The device copy of a checked table (the table itself for a CPU device). Not for use while
+// a CUDA graph is being captured unless an earlier call on the same device made the copy.
+at::Tensor table_on(const at::Tensor& table, const at::Device& device);
+
+// Checks `tensors` against the table: one per table tensor, all defined, on one device,
+// float32 / float16 / bfloat16, with the sizes and memory order the table was built for.
+// Returns the device of the tensors (`fallback` if there are none).
+at::Device check_tensors(const char* what, at::TensorList tensors, const layout::Table& t,
+                         const at::Device& fallback);
+
+// Per-tensor flags from the `frozen` index list (tensors the writing ops must skip).
+std::vector<uint8_t> frozen_flags(const char* what, c10::IntArrayRef frozen, int64_t ntensors);
+
+// Checks that grads[i] matches tensors[i] (shape, strides, dtype, device) for every tensor
+// that is not frozen; a frozen tensor's entry is ignored.
+void check_grads(const char* what, at::TensorList tensors, at::TensorList grads,
+                 const std::vector<uint8_t>& frozen);
+
+// Checks a per-channel bool mask and a one-element fp32 tensor on the tensors' device.
+void check_mask(const char* what, const at::Tensor& mask, int64_t nchan, const at::Device& device);
+void check_scalar(const char* what, const char* name, const at::Tensor& s, const at::Device& device);
+
+// All argument checks of the three layout ops (shared by the CPU and CUDA kernels).
+struct LayoutCall {
+  layout::Table table;        // host view of the checked table
+  at::Device device;          // the tensors' device
+  std::vector<uint8_t> frozen;  // per tensor: skipped by the writing ops
 };
-
-// Validates a (tensors, numels, segs, seg_ptr) quadruple. `what` names the op in
-// messages. Checks devices, dtypes (fp32/fp16/bf16), contiguity and that every
-// tensor still has the element count the layout was built for.
-void check_layout(const char* what, at::TensorList tensors, c10::IntArrayRef numels,
-                  const at::Tensor& segs, const at::Tensor& seg_ptr, const at::Tensor& runs);
-
-// Checks that `grads` matches `tensors` one to one (shape, dtype, device, contiguity).
-void check_grads(const char* what, at::TensorList tensors, at::TensorList grads);
-
-// Checks a per-channel bool mask and a 0-d fp32 scalar tensor on the layout's device.
-void check_mask(const char* what, const at::Tensor& mask, int64_t nchan,
-                const at::Device& device);
-void check_scalar(const char* what, const char* name, const at::Tensor& s,
-                  const at::Device& device);
-
-// All argument checks of group_lasso_grad_ / scale_channels_ (shared by CPU and CUDA kernels).
-void check_group_lasso(at::TensorList tensors, at::TensorList grads, c10::IntArrayRef numels,
-                       const at::Tensor& segs, const at::Tensor& seg_ptr, const at::Tensor& runs,
-                       const at::Tensor& mask, const at::Tensor& reg, double eps);
-void check_scale_channels(at::TensorList tensors, c10::IntArrayRef numels, const at::Tensor& segs,
-                          const at::Tensor& seg_ptr, const at::Tensor& runs, const at::Tensor& mask,
-                          const at::Tensor& factor);
+LayoutCall check_grouped_norms(at::TensorList tensors, const at::Tensor& table, int64_t nchan);
+LayoutCall check_group_lasso(at::TensorList tensors, at::TensorList grads, const at::Tensor& table,
+                             const at::Tensor& mask, const at::Tensor& reg, double eps, c10::IntArrayRef frozen);
+LayoutCall check_scale_channels(at::TensorList tensors, const at::Tensor& table, const at::Tensor& mask,
+                                const at::Tensor& factor, c10::IntArrayRef frozen);
 
 // Checks the arguments of compact_ and returns (outer, size, inner) of `tensor`
 // seen as [outer, size(dim), inner].

@@ -1,32 +1,34 @@
-// scale_channels_, CPU kernel: w *= factor on every slice of the masked channels.
-#include <ATen/Parallel.h>
+// scale_channels_, CPU kernel: w *= factor on every slice of the masked channels, one pass
+// over the chunks holding a masked channel (an element of a masked row and a masked column is
+// scaled twice, rows first, as a per-slice loop would).
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include <vector>
 
+#include "cpu_walk.h"
 #include "oneprune.h"
-#include "segments_cpu.h"
 
 namespace oneprune {
 namespace {
 
-void scale_channels_cpu(at::TensorList tensors, c10::IntArrayRef numels, const at::Tensor& segs,
-                        const at::Tensor& seg_ptr, const at::Tensor& runs, const at::Tensor& mask,
-                        const at::Tensor& factor) {
-  check_scale_channels(tensors, numels, segs, seg_ptr, runs, mask, factor);
-  const int64_t nchan = seg_ptr.size(1) - 1;
-  const int64_t nphase = seg_ptr.size(0);
-  const std::vector<float> factors(static_cast<size_t>(nchan), factor.item<float>());
+void scale_channels_cpu(at::TensorList tensors, const at::Tensor& table, const at::Tensor& mask,
+                        const at::Tensor& factor, c10::IntArrayRef frozen) {
+  const LayoutCall call = check_scale_channels(tensors, table, mask, factor, frozen);
+  const layout::Table& tab = call.table;
+  const bool* mk = mask.data_ptr<bool>();
+  const std::vector<int32_t> counts = cpu::mask_prefix(mk, tab.nchan);
+  const std::vector<float> factors(static_cast<size_t>(tab.nchan), factor.item<float>());
   const cpu::TensorTable tt(tensors);
-  const int64_t nrun = runs.size(0);
-  const int64_t* rn = runs.data_ptr<int64_t>();
-  // One sweep per phase: runs within a phase are disjoint (see oneprune.h); an element
-  // shared by two masked channels is scaled twice, rows first.
-  for (const auto& pr : cpu::phase_ranges(rn, nrun, nphase)) {
-    cpu::run_update<false>(tt, nullptr, rn, cpu::make_work(rn, pr.first, pr.second), mask.data_ptr<bool>(),
-                           factors.data(), [](float w, float, float a) { return w * a; });
-  }
+  const cpu::Coefs co{mk, factors.data()};
+  cpu::for_each_chunk(tab, [&](int64_t, const layout::Tile& t, const layout::Chunk& c) {
+    if (call.frozen[t.tensor] || !layout::chunk_has_masked_counted(t, c, counts.data())) return;
+    cpu::dispatch_dtype(tt.dtype[t.tensor], [&](auto tag) {
+      using T = decltype(tag);
+      cpu::chunk_update<cpu::ScaleOp>(reinterpret_cast<T*>(tt.ptr[t.tensor]), static_cast<const T*>(nullptr), t, c,
+                                      co);
+    });
+  });
 }
 
 }  // namespace

@@ -12,7 +12,7 @@ from ._build_info import build_info
 from .compact import check_optimizer, prune_channels
 from .config import PrunerConfig
 from .cost import CostModel
-from .graph import UnsupportedOpError, trace_groups
+from .graph import TraceReport, UnsupportedOpError, UnsupportedOpWarning, trace_groups, trace_report
 from .groups import ChannelGroup, ChannelGroups, Slice
 from .layout import ChannelLayout
 from .pruner import EpochReport, OneCyclePruner
@@ -29,9 +29,11 @@ __all__ = [
     "EpochReport",
     "OneCyclePruner",
     "PrunerConfig",
+    "TraceReport",
     "TrainResult",
     "Slice",
     "UnsupportedOpError",
+    "UnsupportedOpWarning",
     "build_info",
     "check_optimizer",
     "distributed",
@@ -44,5 +46,6 @@ __all__ = [
     "reference",
     "save_pruned",
     "trace_groups",
+    "trace_report",
     "train",
 ]

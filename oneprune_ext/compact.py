@@ -36,6 +36,7 @@ import torch.nn as nn
 from . import ops
 from .groups import ChannelGroup, ChannelGroups, Slice
 from .memory_format import inverse_order, memory_order
+from .registry import update_module_attrs
 
 __all__ = ["prune_channels", "check_optimizer"]
 
@@ -145,27 +146,8 @@ def _kept_per_dim(
 
 
 def _update_module_attrs(model: nn.Module, old_shapes: Mapping[str, tuple[int, ...]], touched: set[str]) -> None:
-    for mname, m in model.named_modules():
-        prefix = f"{mname}." if mname else ""
-        if not any(f"{prefix}{t}" in touched for t in ("weight", "bias", "running_mean", "running_var")):
-            continue
-        if isinstance(m, nn.modules.conv._ConvNd):
-            old_out = old_shapes[f"{prefix}weight"][0]
-            depthwise = m.groups > 1 and m.groups == m.in_channels == old_out
-            m.out_channels = int(m.weight.shape[0])
-            if depthwise:
-                m.groups = m.in_channels = m.out_channels
-            else:
-                m.in_channels = int(m.weight.shape[1]) * m.groups
-        elif isinstance(m, nn.Linear):
-            m.out_features = int(m.weight.shape[0])
-            m.in_features = int(m.weight.shape[1])
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            t = m.weight if m.weight is not None else m.running_mean
-            m.num_features = int(t.shape[0])
-        elif isinstance(m, nn.LayerNorm):
-            t = m.weight if m.weight is not None else m.bias
-            m.normalized_shape = tuple(int(n) for n in t.shape)
+    # the layer registry knows which attributes each module type keeps in step with its tensors
+    update_module_attrs(model, touched)
 
 
 # ---------------------------------------------------------------------------------------------

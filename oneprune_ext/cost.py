@@ -6,30 +6,38 @@ element count of a tensor with at most two channel dimensions is a polynomial of
 degree <= 2 in the kept counts.  Then
 
 * ``params(k) = sum over parameters of numel(k)``;
-* ``macs(k) = C + sum over conv / linear calls of mult * numel(weight)(k)``, where for a
-  convolution ``mult = batch * prod(output spatial size)`` and for a linear
-  ``mult = number of rows (batch x tokens)`` -- exactly the formula
-  ``torch.utils.flop_counter.FlopCounterMode`` uses (its FLOPs are ``2 x`` MACs), and
-  ``C`` is every other counted FLOP / 2 (e.g. attention matmuls, fixed-width layers
-  called functionally), measured once on the dense model.
+* ``macs(k) = C + sum over calls of their cost terms``: each module or function type with
+  MACs has a cost rule in the layer registry (:mod:`oneprune_ext.registry`) giving a call's
+  MACs as ``scale * product of tensor dims`` (a conv: ``batch * output pixels * numel(weight)``;
+  a linear: ``rows * numel(weight)``; attention: its projections and, where counted, its
+  products).  ``C`` is every other counted FLOP / 2 (e.g. fixed-width layers called
+  functionally), measured once on the current model.
 
-The polynomial's coefficients are computed once; evaluating it is a few microseconds
-in Python (:meth:`CostModel.macs`) or one vectorised numpy expression for many
-candidates (:meth:`CostModel.macs_many`).  MACs are for the given ``example_inputs``
-(whole batch), counted in eval mode without autograd; use a batch of one for
-per-image MACs.
+The model is traced with ``torch.fx`` and its graph run once under
+``torch.utils.flop_counter.FlopCounterMode`` (eval mode, no autograd); every call's terms
+are checked against the FLOPs the counter attributed to that call (its FLOPs are ``2 x``
+MACs), so the closed form equals what the counter counts on the pruned model.  (On CPU
+PyTorch's fused inference attention kernel is not counted by the counter, so neither is it
+here.)  The polynomial's coefficients are computed once; evaluating it is a few microseconds
+in Python (:meth:`CostModel.macs`) or one vectorised numpy expression for many candidates
+(:meth:`CostModel.macs_many`).  MACs are for the given ``example_inputs`` (whole batch); use a
+batch of one for per-image MACs.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import warnings
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torch import fx
 from torch.utils.flop_counter import FlopCounterMode
 
+from .graph import UnsupportedOpError, evaluating, run_graph, trace_graph
 from .groups import ChannelGroups
+from .registry import CostCall, CostTerm, function_entry, method_entry, module_entry
 
 __all__ = ["CostModel"]
 
@@ -63,7 +71,7 @@ class _Poly:
                     key = (min(g, h), max(g, h))
                     self.quad[key] = self.quad.get(key, 0) + scale * a * b
         else:
-            raise ValueError("CostModel: a tensor with more than two channel dims is not supported")
+            raise ValueError("CostModel: a cost term with more than two channel dims is not supported")
 
     def compile(self) -> "_Compiled":
         return _Compiled(self)
@@ -97,6 +105,106 @@ class _Compiled:
         return out
 
 
+def _run_counted(model: nn.Module, inputs: tuple, shapes: dict[str, tuple[int, ...]]
+                 ) -> tuple[list[CostTerm], int, list[str]]:
+    """Run ``model`` once under ``FlopCounterMode``; collect the registry's cost terms of every
+    call whose counted FLOPs they explain, and the FLOPs of everything else.
+
+    Returns ``(terms, other_flops, names of calls whose terms did not match the count)``.
+    """
+    names = {id(t): n for n, t in model.named_parameters()}
+    names.update({id(t): n for n, t in model.named_buffers()})
+
+    def tensor_name(t: Any) -> str | None:
+        return names.get(id(t)) if isinstance(t, torch.Tensor) else None
+
+    terms: list[CostTerm] = []
+    other = [0]
+    mismatched: list[str] = []
+
+    def account(entry: Any, module: nn.Module | None, label: str, args: tuple, kwargs: dict,
+                out: Any, flops: int) -> None:
+        found = None
+        if entry is not None and entry.cost is not None:
+            call = CostCall(module, tuple(args), dict(kwargs), out, flops, tensor_name, shapes, label)
+            found = entry.cost(call)
+            if found is not None and 2 * call.macs(found) != flops:
+                mismatched.append(label)
+                found = None
+        if found is None:
+            other[0] += flops
+        else:
+            terms.extend(found)
+
+    try:
+        graph, _ = trace_graph(model)
+    except UnsupportedOpError:
+        graph = None
+    modules = dict(model.named_modules())
+    with evaluating(modules.values()), torch.no_grad(), FlopCounterMode(display=False) as fc:
+        if graph is not None:
+            _count_graph(model, graph, inputs, modules, fc, account)
+        else:
+            _count_with_hooks(model, inputs, fc, account)
+    return terms, other[0], mismatched
+
+
+def _count_graph(model: nn.Module, graph: fx.Graph, inputs: tuple, modules: dict[str, nn.Module],
+                 fc: FlopCounterMode, account: Any) -> None:
+    """Run the traced graph, attributing the counter's FLOPs to each node."""
+    last = [fc.get_total_flops()]
+
+    def after(n: fx.Node, out: Any, args: tuple, kwargs: dict) -> None:
+        now = fc.get_total_flops()
+        flops, last[0] = now - last[0], now
+        module = None
+        if n.op == "call_module":
+            module = modules[n.target]
+            entry = module_entry(module)
+        elif n.op == "call_function":
+            entry = function_entry(n.target)
+        elif n.op == "call_method":
+            entry = method_entry(n.target)
+            args = args[1:]
+        else:
+            entry = None
+        if entry is not None and entry.cost is not None:
+            account(entry, module, str(n.target) if module is not None else n.name, args, kwargs, out, flops)
+        elif flops:
+            account(None, None, n.name, (), {}, out, flops)
+
+    run_graph(model, graph, inputs, modules, after)
+
+
+def _count_with_hooks(model: nn.Module, inputs: tuple, fc: FlopCounterMode, account: Any) -> None:
+    """Fallback for models torch.fx cannot trace: hooks on the leaf modules with cost rules."""
+    names = {m: n for n, m in model.named_modules()}
+    start: dict[int, int] = {}
+    seen = [0]
+
+    def pre(mod: nn.Module, args: tuple) -> None:
+        start[id(mod)] = fc.get_total_flops()
+
+    def post(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        flops = fc.get_total_flops() - start.pop(id(mod))
+        seen[0] += flops
+        account(module_entry(mod), mod, names[mod], args, kwargs, out, flops)
+
+    handles = []
+    for m in names:  # (leaf modules with a cost rule)
+        e = module_entry(m)
+        if e is not None and e.cost is not None and not any(
+                module_entry(c) is not None and module_entry(c).cost is not None for c in m.children()):
+            handles.append(m.register_forward_pre_hook(pre))
+            handles.append(m.register_forward_hook(post, with_kwargs=True))
+    try:
+        model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    account(None, None, "(rest)", (), {}, None, fc.get_total_flops() - seen[0])
+
+
 class CostModel:
     """Exact MACs / parameter count of ``model`` as a function of each group's kept count.
 
@@ -111,6 +219,7 @@ class CostModel:
     Attributes:
         dense_macs: MACs of the model as it is now (kept = current sizes).
         dense_params: parameter count now (all parameters, ``numel`` sum).
+        fixed_macs: MACs that do not depend on any group.
         macs_per_channel: per group, MACs removed by removing one channel from the
             current (full) size, as exact ints.
         params_per_channel: the same for parameters.
@@ -134,70 +243,46 @@ class CostModel:
                         f"size {shapes[s.name][s.dim]}: groups and model do not match")
                 touched.setdefault(s.name, {}).setdefault(s.dim, []).append((gi, s.block))
 
-        def numel_forms(name: str) -> tuple[int, list[tuple[int, dict[int, int]]]]:
-            shape = shapes[name]
-            dims = touched.get(name, {})
-            rest = 1
+        def dim_form(name: str, d: int) -> tuple[int, dict[int, int]] | None:
+            """``(const, {group: coef})`` of a touched dim's size, ``None`` if untouched."""
+            if d not in touched.get(name, {}):
+                return None
+            const = shapes[name][d]
+            co: dict[int, int] = {}
+            for gi, blk in touched[name][d]:
+                const -= self.sizes[gi] * blk
+                co[gi] = co.get(gi, 0) + blk
+            return const, co
+
+        def add_term(poly: _Poly, scale: int, factors: Sequence[tuple[str, int]]) -> None:
             forms = []
-            for d, n in enumerate(shape):
-                if d not in dims:
-                    rest *= n
-                    continue
-                const = n
-                co: dict[int, int] = {}
-                for gi, blk in dims[d]:
-                    const -= self.sizes[gi] * blk
-                    co[gi] = co.get(gi, 0) + blk
-                forms.append((const, co))
-            return rest, forms
+            for name, d in factors:
+                f = dim_form(name, d)
+                if f is None:
+                    scale *= shapes[name][d]
+                else:
+                    forms.append(f)
+            poly.add_product(scale, forms)
 
         pp = _Poly()
         for name in params:
-            rest, forms = numel_forms(name)
-            pp.add_product(rest, forms)
+            add_term(pp, 1, [(name, d) for d in range(len(shapes[name]))])
         self._params = pp.compile()
 
-        # MACs: hook every conv / linear call while FlopCounterMode counts the total
-        names = {m: n for n, m in model.named_modules()}
-        wname = {id(p): n for n, p in params.items()}
-        calls: list[tuple[str, int]] = []
-
-        def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-            w = mod.weight
-            if id(w) not in wname:
-                return
-            if isinstance(mod, nn.Linear):
-                mult = out.numel() // max(out.shape[-1], 1)
-            else:
-                mult = out.shape[0] * int(np.prod(out.shape[2:], dtype=np.int64))
-            calls.append((wname[id(w)], int(mult)))
-
-        handles = [m.register_forward_hook(hook) for m in names
-                   if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
-                   and not getattr(m, "transposed", False)]
         inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-        flags = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
-            with torch.no_grad(), FlopCounterMode(display=False) as fc:
-                model(*inputs)
-        finally:
-            for h in handles:
-                h.remove()
-            for m, t in flags:
-                m.training = t
-        total_flops = int(fc.get_total_flops())
+        terms, other_flops, mismatched = _run_counted(model, inputs, shapes)
+        if mismatched:
+            warnings.warn(
+                f"CostModel: the MACs FlopCounterMode counted for {mismatched[:5]}"
+                f"{' and more' if len(mismatched) > 5 else ''} differ from their registry cost rules; "
+                f"they are counted as fixed, so MACs after pruning may be off.", RuntimeWarning, stacklevel=2)
+        if other_flops < 0 or other_flops % 2:
+            raise RuntimeError(f"CostModel: FlopCounterMode counted an odd or negative {other_flops} FLOPs "
+                               "outside the modelled calls; cannot build an exact model")
         mp = _Poly()
-        modeled = 0
-        for name, mult in calls:
-            rest, forms = numel_forms(name)
-            mp.add_product(mult * rest, forms)
-            modeled += mult * int(np.prod(shapes[name], dtype=np.int64))
-        fixed = total_flops // 2 - modeled
-        if fixed < 0 or total_flops % 2:
-            raise RuntimeError(
-                f"CostModel: FlopCounterMode counted {total_flops} FLOPs, less than the conv/linear "
-                f"layers account for ({2 * modeled}); cannot build an exact model")
+        for t in terms:
+            add_term(mp, int(t.scale), t.factors)
+        fixed = other_flops // 2
         mp.const += fixed
         self._macs = mp.compile()
         self.fixed_macs: int = fixed

@@ -2,7 +2,8 @@
 
 This module only holds the data model shared by the tracer (``graph.py``), the
 kernel layout (``layout.py``), the cost model (``cost.py``) and the physical
-pruning (``compact.py``).  It knows nothing about how groups are found.
+pruning (``compact.py``).  It knows nothing about how groups are found (the layer
+registry, ``registry.py``, holds that knowledge).
 
 Coordinates
 -----------
@@ -16,6 +17,11 @@ along one dimension ``dim`` of that tensor:
 * a flatten of ``[C, H, W]`` before a linear: ``dim=1, block=H*W`` (and ``offset`` scaled by ``H*W``)
 * BatchNorm weight/bias/running stats:     ``dim=0, block=1`` (length-1 slices)
 * a depthwise conv's weight:               ``dim=0`` (its input and output channels are one group)
+* a grouped conv with ``G`` conv groups of width ``w``: channel ``c`` of the group is channel
+  ``c`` of *every* conv group, so each (tensor, dim) it touches holds ``G`` slices at offsets
+  ``k * w`` (``k < G``) and the group's ``size`` is ``w`` (its input columns, ``dim=1`` of the
+  grouped weight, are one slice).  Attention heads are the same: ``G`` heads of width ``w``.
+  Slices of one (tensor, dim) never overlap, within a group or across groups.
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ class Slice:
         block: consecutive entries along ``dim`` per channel (``H*W`` after a flatten).
         is_buffer: a buffer (BatchNorm running stats): compacted, never regularised.
         in_norm: counted in the saliency, the group-lasso norm and the shrink step.
-            True for conv/linear weights (rows and columns) and normalisation weights;
-            False for biases and buffers, which are only compacted.
+            True for conv/linear weights (rows and columns) and BatchNorm weights; False
+            for biases, buffers and embeddings, which are only compacted.  Depthwise-conv,
+            LayerNorm and layer-scale weights count only when traced with
+            ``saliency_params="all"`` (the published saliency leaves them out).
     """
 
     name: str
@@ -87,7 +95,8 @@ class ChannelGroups:
     """The prunable channel groups of one model, in a fixed order.
 
     Only prunable groups are listed: the network output, ``ignored_layers`` and
-    channels the tracer keeps fixed (e.g. inputs of grouped convs) appear in no group.
+    channels the tracer keeps fixed (ops it does not understand, listed in its report)
+    appear in no group.
     Global channel index ``g`` of group ``i``'s channel ``c`` is ``offsets[i] + c``.
     """
 

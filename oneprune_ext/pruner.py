@@ -138,7 +138,6 @@ across the prune)::
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import numbers
 import time
@@ -154,7 +153,7 @@ from . import ops as _fused_ops
 from .compact import prune_channels
 from .config import PrunerConfig
 from .cost import CostModel
-from .graph import trace_groups
+from .graph import channel_multiplicity, trace_groups
 from .groups import ChannelGroups
 from .layout import ChannelLayout
 from .sparsity import AutoShrink
@@ -371,14 +370,9 @@ class OneCyclePruner:
         if missing:
             raise ValueError(f"ignored_layers: the model has no module named {missing} (see model.named_modules())")
 
-        trace_options: dict[str, Any] = {}
-        # TODO(lead): the tracer that takes saliency_params comes with the graph branch (issue 10);
-        # once it has landed, pass it unconditionally and drop this check.
-        if "saliency_params" in inspect.signature(trace_groups).parameters:
-            trace_options["saliency_params"] = cfg.saliency_params
         with torch.no_grad():  # nothing here may leave an autograd graph alive
             groups = trace_groups(model, example_inputs, ignored_layers=[modules[n] for n in cfg.ignored_layers],
-                                  **trace_options)
+                                  saliency_params=cfg.saliency_params)
             self._dense_groups: ChannelGroups = groups
             self.groups: ChannelGroups = groups
             self._cost = CostModel(model, groups, example_inputs)
@@ -386,6 +380,9 @@ class OneCyclePruner:
         self.dense_macs: int = int(self._cost.dense_macs)
         self.dense_params: int = int(self._cost.dense_params)
         self._dense_sizes: list[int] = list(groups.sizes)
+        # layer channels per group channel (G for a group through a grouped conv with G conv groups):
+        # the per-layer limit and round_to count layer channels
+        self._multiplicity: list[int] = channel_multiplicity(groups)
         self._cost_fn: Callable[[list[int]], int] = self._cost.macs if cfg.target == "macs" else self._cost.params
         self._dense_cost = self.dense_macs if cfg.target == "macs" else self.dense_params
         # Per-channel MAC cost of each group, in MACs (cost_share divides by 1e6), measured as the
@@ -441,10 +438,11 @@ class OneCyclePruner:
 
     def _max_reachable_reduction(self) -> float:
         sizes = np.asarray(self._dense_sizes, dtype=np.int64)
-        limits = np.asarray(layer_limits(self._dense_sizes, self.config.layer_limit, self.config.layer_limit_k), dtype=np.int64)
+        limits = np.asarray(layer_limits(self._dense_sizes, self.config.layer_limit, self.config.layer_limit_k,
+                                       multiplicity=self._multiplicity), dtype=np.int64)
         kept = sizes - limits
         if self.config.round_to is not None:
-            kept = round_kept_counts(kept, sizes, limits, self.config.round_to)
+            kept = round_kept_counts(kept, sizes, limits, self.config.round_to, multiplicity=self._multiplicity)
         return 1.0 - self._cost_fn([int(x) for x in kept]) / self._dense_cost
 
     def _check_epoch(self, epoch: Any, hook: str) -> int:
@@ -604,6 +602,7 @@ class OneCyclePruner:
             saliency, self.groups.sizes, self._cost_fn, self.config.reduction,
             per_channel_mac_cost=self._per_channel_macs, dense_cost=self._dense_cost,
             layer_limit=self.config.layer_limit, layer_limit_k=self.config.layer_limit_k, round_to=self.config.round_to,
+            multiplicity=self._multiplicity,
         )
 
     def _search(self, epoch: int) -> None:

@@ -5,9 +5,10 @@ dict with two entries:
 
 * ``"state_dict"``: the model's ordinary ``state_dict()`` (pruned shapes);
 * ``"structure"``: a JSON string recording the shape of every state_dict tensor and
-  the channel attributes of every conv / linear / norm layer (``out_channels``,
+  the channel attributes of every layer the layer registry knows (``out_channels``,
   ``in_channels``, ``groups``, ``in_features``, ``out_features``, ``num_features``,
-  ``normalized_shape``), i.e. the kept count per layer.
+  ``normalized_shape``, ``embed_dim``, a ViT's ``hidden_dim``, ...; see each entry's
+  ``record_attrs`` in :mod:`oneprune_ext.registry`), i.e. the kept count per layer.
 
 :func:`load_pruned` checks that record against a freshly constructed (dense) model,
 shrinks that model's tensors and layer attributes to it, and loads the weights with
@@ -28,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from . import files
+from .registry import restore_attrs, structure_attrs
 
 __all__ = ["save_pruned", "load_pruned", "structure_record", "atomic_save"]
 
@@ -35,23 +37,11 @@ _FORMAT = "oneprune_ext.pruned/1"  # layout of the structure record
 _KIND, _VERSION = "oneprune_ext.pruned", 2
 
 
-def _layer_attrs(m: nn.Module) -> dict[str, Any] | None:
-    if isinstance(m, nn.modules.conv._ConvNd):
-        return {"in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups}
-    if isinstance(m, nn.Linear):
-        return {"in_features": m.in_features, "out_features": m.out_features}
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return {"num_features": m.num_features}
-    if isinstance(m, nn.LayerNorm):
-        return {"normalized_shape": list(m.normalized_shape)}
-    return None
-
-
 def structure_record(model: nn.Module) -> dict[str, Any]:
     """The JSON-able structure of ``model``: tensor shapes and per-layer channel counts."""
     layers = {}
     for name, m in model.named_modules():
-        attrs = _layer_attrs(m)
+        attrs = structure_attrs(m)
         if attrs is not None:
             layers[name] = {"type": type(m).__name__, **attrs}
     return {
@@ -81,7 +71,7 @@ def _err(path: str, msg: str) -> ValueError:
 
 def _recorded_attrs(m: nn.Module) -> dict[str, Any] | None:
     """The structure-record attributes of ``m`` (the layer knowledge lives in one place)."""
-    return _layer_attrs(m)
+    return structure_attrs(m)
 
 
 def _read_record(path: str, data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -198,9 +188,7 @@ def _reshape(model: nn.Module, record: Mapping[str, Any]) -> None:
             mod._buffers[attr] = torch.empty(shape, dtype=b.dtype, device=b.device)
     modules = dict(model.named_modules())
     for name, rec in record["layers"].items():
-        for attr, val in rec.items():
-            if attr != "type":
-                setattr(modules[name], attr, tuple(val) if isinstance(val, list) else int(val))
+        restore_attrs(modules[name], {a: v for a, v in rec.items() if a != "type"})
     # the attributes must be the ones the tensors imply (as after a prune)
     shapes = {k: tuple(v) for k, v in record["tensors"].items()}
     _update_module_attrs(model, shapes, set(shapes))

@@ -76,7 +76,8 @@ def _cost_share_np(per_channel_mac_cost: Sequence[float]) -> np.ndarray:
     return e / e.sum()
 
 
-def layer_limits(sizes: Sequence[int], layer_limit: float = 0.75, k: float = 1.0) -> list[int]:
+def layer_limits(sizes: Sequence[int], layer_limit: float = 0.75, k: float = 1.0,
+                 multiplicity: Sequence[int] | None = None) -> list[int]:
     """Most channels removable from each group: ``floor(C * L(C))``.
 
     ``L(C) = layer_limit * (1 - exp(-k * C))`` (the published limit; published
@@ -88,17 +89,24 @@ def layer_limits(sizes: Sequence[int], layer_limit: float = 0.75, k: float = 1.0
         sizes: channel count of each group.
         layer_limit: asymptotic fraction of a group that may be removed, in ``[0, 1]``.
         k: how fast the limit approaches ``layer_limit`` with the group size (> 0).
+        multiplicity: per group, how many layer channels one of its channels stands for
+            (``G`` through a grouped conv with ``G`` conv groups, see
+            :func:`oneprune_ext.graph.channel_multiplicity`); the limit is then taken on the
+            layer's ``G * C`` channels and rounded down to whole group channels.
     """
     if not 0.0 <= layer_limit <= 1.0:
         raise ValueError(f"layer_limit must be in [0, 1], got {layer_limit}")
     if not k > 0.0:
         raise ValueError(f"layer_limit_k must be > 0, got {k}")
+    mult = [1] * len(sizes) if multiplicity is None else [int(m) for m in multiplicity]
+    if len(mult) != len(sizes) or any(m < 1 for m in mult):
+        raise ValueError("multiplicity must give a positive int per group")
     out: list[int] = []
-    for c in sizes:
+    for c, f in zip(sizes, mult):
         c = int(c)
         if c < 0:
             raise ValueError(f"group sizes must be >= 0, got {c}")
-        lim = math.floor(c * layer_limit * (1.0 - math.exp(-k * c)))
+        lim = math.floor(f * c * layer_limit * (1.0 - math.exp(-k * f * c))) // f
         out.append(max(0, min(lim, c - 1)))
     return out
 
@@ -129,7 +137,7 @@ def per_channel_cost(cost_fn: Callable[[list[int]], int], group_sizes: Sequence[
 # ---------------------------------------------------------------------------
 
 
-def _round_bounds(sizes: np.ndarray, limits: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _round_bounds(sizes: np.ndarray, limits: np.ndarray, n: int | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     min_kept = sizes - limits
     lo = np.maximum(n, -(-min_kept // n) * n)  # smallest multiple of n >= max(n, min_kept)
     hi = (sizes // n) * n  # largest multiple of n <= size
@@ -142,6 +150,7 @@ def round_kept_counts(
     sizes: Sequence[int] | np.ndarray,
     limits: Sequence[int] | np.ndarray,
     round_to: int,
+    multiplicity: Sequence[int] | np.ndarray | None = None,
 ) -> np.ndarray:
     """Round per-group kept counts to multiples of ``round_to``.
 
@@ -154,6 +163,10 @@ def round_kept_counts(
       past the layer limit) and ``hi`` the largest multiple ``<= C``;
     * if no multiple fits (``lo > hi``, e.g. ``C < round_to``) the group keeps all ``C``.
 
+    With ``multiplicity`` (per group, the layer channels one group channel stands for, e.g.
+    ``G`` through a grouped conv) it is the layers' channel counts ``G * k`` that become
+    multiples of ``round_to``: ``k`` is rounded to multiples of ``round_to / gcd(round_to, G)``.
+
     The map is monotone non-decreasing in ``k``, so the prefix search stays a binary search.
     """
     n = int(round_to)
@@ -162,8 +175,11 @@ def round_kept_counts(
     k = np.asarray(kept, dtype=np.int64)
     s = np.asarray(sizes, dtype=np.int64)
     lim = np.asarray(limits, dtype=np.int64)
-    lo, hi, fixed = _round_bounds(s, lim, n)
-    r = ((2 * k + n) // (2 * n)) * n  # nearest multiple, halves up
+    step: int | np.ndarray = n
+    if multiplicity is not None:
+        step = n // np.gcd(n, np.asarray(multiplicity, dtype=np.int64))
+    lo, hi, fixed = _round_bounds(s, lim, step)
+    r = ((2 * k + step) // (2 * step)) * step  # nearest multiple, halves up
     r = np.minimum(np.maximum(r, lo), hi)
     return np.where((k >= s) | fixed, s, r)
 
@@ -237,6 +253,7 @@ def select_subnetwork(
     layer_limit_k: float = 1.0,
     round_to: int | None = None,
     tolerance: float = 1e-3,
+    multiplicity: Sequence[int] | None = None,
 ) -> Selection:
     """Choose the channels to remove so the cost drops by ``target_reduction``.
 
@@ -266,6 +283,9 @@ def select_subnetwork(
         dense_cost: ``cost_fn(group_sizes)``; computed when not given.
         layer_limit, layer_limit_k: per-layer limit (see :func:`layer_limits`).
         round_to: keep channel counts multiples of this (None = no rounding).
+        multiplicity: per group, the layer channels one of its channels stands for (see
+            :func:`oneprune_ext.graph.channel_multiplicity`; ``None``: 1 each), used by the
+            per-layer limit and ``round_to``.
         tolerance: accepted overshoot of the reduction (absolute fraction); see
             :attr:`Selection.within_tolerance`.  The result is always the shortest prefix
             reaching the target, so it overshoots by less than the last candidate's cost.
@@ -305,7 +325,7 @@ def select_subnetwork(
     if dense <= 0:
         raise ValueError(f"dense cost must be > 0, got {dense}")
 
-    limits = np.asarray(layer_limits(sizes.tolist(), layer_limit, layer_limit_k), dtype=np.int64)
+    limits = np.asarray(layer_limits(sizes.tolist(), layer_limit, layer_limit_k, multiplicity), dtype=np.int64)
     offsets = np.zeros(num_groups + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
 
@@ -350,7 +370,7 @@ def select_subnetwork(
         removed = np.searchsorted(rank_keys, query_base + prefix, side="left") - cand_starts[:-1]
         kept = sizes - removed
         if round_to is not None:
-            kept = round_kept_counts(kept, sizes, limits, int(round_to))
+            kept = round_kept_counts(kept, sizes, limits, int(round_to), multiplicity)
         return kept
 
     def evaluate(prefix: int) -> tuple[np.ndarray, int, float]:

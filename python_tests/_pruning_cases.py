@@ -7,7 +7,9 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
+from torch.overrides import TorchFunctionMode
 
 from oneprune_ext import models
 from oneprune_ext.groups import ChannelGroups
@@ -61,19 +63,75 @@ def random_keep(groups: ChannelGroups, seed: int, frac: float = 0.5) -> dict[int
     return keep
 
 
-def zero_removed(model: nn.Module, groups: ChannelGroups, keep: dict[int, list[int]]) -> None:
-    """Zero every parameter slice (weights, biases, norm affine) of the removed channels."""
-    params = dict(model.named_parameters())
+class _KeptChannelLayerNorm(TorchFunctionMode):
+    """``F.layer_norm`` over the last dim normalises over the entries whose weight is not zero
+    (the kept channels, once :func:`zero_removed` zeroed the removed ones), as the pruned
+    layer norm does."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.layer_norm:
+            names = ("input", "normalized_shape", "weight", "bias", "eps")
+            a = dict(zip(names, args), **kwargs)
+            w, b = a.get("weight"), a.get("bias")
+            if w is not None and len(a["normalized_shape"]) == 1 and bool((w == 0).any()):
+                keep = w != 0
+                x = a["input"]
+                y = F.layer_norm(x[..., keep], (int(keep.sum()),), w[keep], None if b is None else b[keep],
+                                 a.get("eps", 1e-5))
+                out = torch.zeros_like(x)
+                out[..., keep] = y
+                return out
+        return func(*args, **kwargs)
+
+
+def _rescale_queries(model: nn.Module) -> None:
+    """Attention scaled by ``1/sqrt(head width)``: scale the query rows so the zeroed model
+    divides by the kept head width, as the pruned model does."""
     with torch.no_grad():
-        for gi, kept in keep.items():
-            g = groups[gi]
-            drop = sorted(set(range(g.size)) - set(kept))
-            for s in g.slices:
-                if s.is_buffer or s.name not in params:
-                    continue
-                idx = torch.tensor(s.indices(drop), dtype=torch.long)
-                if len(idx):
-                    params[s.name].index_fill_(s.dim, idx, 0.0)
+        for m in model.modules():
+            if isinstance(m, nn.MultiheadAttention):
+                w, b, heads, width = m.in_proj_weight, m.in_proj_bias, m.num_heads, m.embed_dim
+            elif type(m).__name__ == "ShiftedWindowAttention":  # torchvision Swin V1 (V2 is cosine)
+                w, b, heads, width = m.qkv.weight, m.qkv.bias, m.num_heads, m.qkv.weight.shape[1]
+            else:
+                continue
+            kept = int((w[:width] != 0).any(dim=1).sum())
+            if kept == width or kept == 0:
+                continue
+            factor = ((width // heads) / (kept // heads)) ** 0.5
+            w[:width] *= factor
+            if b is not None:
+                b[:width] *= factor
+
+
+def zero_removed(model: nn.Module, groups: ChannelGroups, keep: dict[int, list[int]]) -> None:
+    """Zero every parameter slice (weights, biases, norm affine) of the removed channels.
+
+    The model then computes what the pruned model computes (the "masked dense model"):
+    its forward also runs layer norms over the kept channels only and attention scaled by
+    the kept head width (the two places where a removed channel's zeros would still count).
+    """
+    params = dict(model.named_parameters())
+    removed: dict[tuple[str, int], list[int]] = {}
+    for gi, kept in keep.items():
+        g = groups[gi]
+        drop = sorted(set(range(g.size)) - set(kept))
+        for s in g.slices:
+            if not s.is_buffer and s.name in params:
+                removed.setdefault((s.name, s.dim), []).extend(s.indices(drop))
+    with torch.no_grad():
+        for (name, dim), idx in removed.items():
+            if idx:
+                params[name].index_fill_(dim, torch.tensor(idx, dtype=torch.long), 0.0)
+    _rescale_queries(model)
+    forward = model.forward
+
+    def masked_forward(*args, **kwargs):
+        with _KeptChannelLayerNorm():
+            return forward(*args, **kwargs)
+
+    model.forward = masked_forward
 
 
 def kept_indices(groups: ChannelGroups, keep: dict[int, list[int]], shapes: dict[str, tuple[int, ...]]

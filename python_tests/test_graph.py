@@ -1,15 +1,16 @@
-"""Channel-group tracing (issue 4, items 1-2)."""
+"""Channel-group tracing (issue 4, items 1-2; issue 10: grouped convs, frozen places, report)."""
 
 from __future__ import annotations
 
 import time
+import warnings
 
 import pytest
 import torch
 import torch.nn as nn
 import torchvision
 
-from oneprune_ext.graph import UnsupportedOpError, trace_groups
+from oneprune_ext.graph import UnsupportedOpError, UnsupportedOpWarning, trace_groups, trace_report
 from oneprune_ext import models
 
 from _pruning_cases import CASES, build
@@ -24,7 +25,7 @@ EXPECTED_GROUPS = {
     "cifar_vgg16": 13,
     "mlp": 2,
     "digits_cnn": 4,      # stem conv1, residual (stem conv2 + block), block conv1, conv3
-    "vit": 2,             # the MLP hidden width of each encoder layer
+    "vit": 3,             # the residual stream (2 heads) + the MLP hidden width of each encoder layer
 }
 
 
@@ -42,8 +43,6 @@ def _check_invariants(model: nn.Module, groups) -> None:
             assert s.is_buffer == (s.name not in params)
             if s.is_buffer or s.name.endswith(".bias"):
                 assert not s.in_norm
-            else:
-                assert s.in_norm
             covered.setdefault((s.name, s.dim), []).append((s.offset, s.offset + g.size * s.block))
     for key, ranges in covered.items():
         ranges.sort()
@@ -131,11 +130,21 @@ def test_flatten_blocks() -> None:
     assert (s.dim, s.block) == (1, 4)
 
 
-def test_vit_mlp_hidden_groups() -> None:
+def test_vit_groups() -> None:
+    """The residual stream is one group (2 heads: the same positions in both), then each MLP."""
     model, x = build("vit")
     groups = trace_groups(model, x)
-    assert [g.name for g in groups] == [f"encoder.layers.encoder_layer_{i}.mlp.0" for i in range(2)]
-    for i, g in enumerate(groups):
+    assert [g.name for g in groups] == ["conv_proj"] + [f"encoder.layers.encoder_layer_{i}.mlp.0" for i in range(2)]
+    stream = groups[0]
+    assert stream.size == 16  # hidden 32 / 2 heads
+    sl = {(s.name, s.dim, s.offset) for s in stream.slices}
+    for key in [("conv_proj.weight", 0, 0), ("conv_proj.weight", 0, 16), ("class_token", 2, 16),
+                ("encoder.pos_embedding", 2, 0), ("encoder.layers.encoder_layer_0.self_attention.in_proj_weight", 0, 48),
+                ("encoder.layers.encoder_layer_0.self_attention.in_proj_weight", 1, 16),
+                ("encoder.layers.encoder_layer_1.self_attention.out_proj.weight", 0, 0), ("heads.head.weight", 1, 16),
+                ("encoder.ln.weight", 0, 16)]:
+        assert key in sl, key
+    for i, g in enumerate(groups[1:]):
         assert g.size == 64
         assert g.coupled_params() == {(f"encoder.layers.encoder_layer_{i}.mlp.0.weight", 0),
                                       (f"encoder.layers.encoder_layer_{i}.mlp.0.bias", 0),
@@ -146,8 +155,8 @@ class _Grouped(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Conv2d(3, 8, 3, padding=1)
-        self.b = nn.Conv2d(8, 8, 3, padding=1, groups=2)    # grouped: fixed in and out
-        self.c = nn.Conv2d(8, 16, 3, padding=1, groups=8)   # depthwise with multiplier: fixed
+        self.b = nn.Conv2d(8, 8, 3, padding=1, groups=2)    # grouped: 2 conv groups of 4
+        self.c = nn.Conv2d(8, 16, 3, padding=1, groups=8)   # depthwise with multiplier 2
         self.d = nn.Conv2d(16, 6, 1)
         self.e = nn.Conv2d(6, 4, 1)
 
@@ -155,10 +164,20 @@ class _Grouped(nn.Module):
         return self.e(torch.relu(self.d(self.c(self.b(self.a(x))))))
 
 
-def test_grouped_conv_channels_fixed() -> None:
+def test_grouped_conv_positions() -> None:
+    """A grouped conv's input and output lose the same within-group positions in every group."""
     groups = trace_groups(_Grouped(), torch.randn(1, 3, 8, 8))
-    assert [g.name for g in groups] == ["d"]
-    assert groups[0].coupled_params() == {("d.weight", 0), ("d.bias", 0), ("e.weight", 1)}
+    by = {g.name: g for g in groups}
+    # b's output feeds c, whose 8 conv groups have one input channel each: nothing prunable there
+    assert list(by) == ["a", "c", "d"]
+    a = by["a"]
+    assert a.size == 4  # a channel = one position in each of b's two conv groups
+    assert {(s.name, s.dim, s.offset) for s in a.slices} == {
+        ("a.weight", 0, 0), ("a.weight", 0, 4), ("a.bias", 0, 0), ("a.bias", 0, 4), ("b.weight", 1, 0)}
+    c = by["c"]
+    assert c.size == 2  # c's 8 conv groups have 2 outputs each
+    assert sorted(s.offset for s in c.slices if (s.name, s.dim) == ("c.weight", 0)) == list(range(0, 16, 2))
+    assert sorted(s.offset for s in c.slices if (s.name, s.dim) == ("d.weight", 1)) == list(range(0, 16, 2))
 
 
 class _Rolled(nn.Module):
@@ -182,16 +201,29 @@ class _Custom(nn.Module):
         return self.head(self.norm(self.conv(x)))
 
 
-def test_unknown_op_raises_and_can_be_ignored() -> None:
+def test_unknown_ops_are_frozen_and_reported() -> None:
     x = torch.randn(1, 3, 8, 8)
     m = _Rolled()
-    with pytest.raises(UnsupportedOpError, match=r"roll.*'conv'.*ignored_layers"):
-        trace_groups(m, x)
-    assert len(trace_groups(m, x, ignored_layers=[m.conv])) == 0
+    with pytest.warns(UnsupportedOpWarning, match=r"torch.roll at node 'roll'.*kept fixed: conv") as rec:
+        assert len(trace_groups(m, x)) == 0
+    assert len(rec) == 1
+    report = rec[0].message.report
+    assert [(p.op, p.frozen) for p in report.frozen] == [("torch.roll", ("conv",))]
+    with pytest.raises(UnsupportedOpError, match=r"torch.roll.*kept fixed: conv"):
+        trace_groups(m, x, on_unsupported="error")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(trace_groups(m, x, ignored_layers=[m.conv])) == 0
     c = _Custom()
-    with pytest.raises(UnsupportedOpError, match=r"module 'norm' \(GroupNorm\).*ignored_layers"):
-        trace_groups(c, x)
-    assert len(trace_groups(c, x, ignored_layers=[c.norm])) == 0  # black box: its input stays
+    with pytest.raises(UnsupportedOpError, match=r"GroupNorm at module 'norm'.*kept fixed: conv"):
+        trace_groups(c, x, on_unsupported="error")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(trace_groups(c, x, ignored_layers=[c.norm])) == 0  # black box: its input stays
+    with pytest.raises(ValueError, match="on_unsupported"):
+        trace_groups(c, x, on_unsupported="ignore")
+    with pytest.raises(ValueError, match="saliency_params"):
+        trace_groups(c, x, saliency_params="some")
 
 
 def test_ignored_layers() -> None:
@@ -221,3 +253,40 @@ def test_models_shapes() -> None:
     assert models.digits_cnn(width=4)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
     assert models.mlp()(torch.randn(2, 1, 8, 8)).shape == (2, 10)
     assert sum(p.numel() for p in models.resnet56().parameters()) == pytest.approx(0.86e6, rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121", "vit"])
+def test_shape_pass_without_arithmetic(name: str) -> None:
+    """Tracing skips conv / linear / attention arithmetic (zeros of the right shape) and passes
+    norms and activations through: every recorded shape equals a real run's."""
+    from oneprune_ext import graph as g
+
+    model, x = build(name)
+    graph, _ = g.trace_graph(model)
+    modules = dict(model.named_modules())
+    fast = g._record_shapes(model, graph, (x,), modules)
+    real: dict = {}
+    with torch.no_grad():
+        g.run_graph(model.eval(), graph, (x,), modules, lambda n, v, a, k: real.__setitem__(n, g._to_meta(v)))
+    assert fast == real
+
+
+class _Checks(nn.Module):
+    """A forward that looks at values: the zeros of the fast shape pass fail it, the real run not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probe = nn.Conv2d(3, 1, 1)
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert(self.probe(x).abs().sum() > 0, "all-zero input")
+        return self.head(self.conv(x))
+
+
+def test_shape_pass_falls_back_to_a_real_run() -> None:
+    torch.manual_seed(0)
+    report = trace_report(_Checks(), torch.randn(1, 3, 6, 6))
+    assert [g.name for g in report.groups] == ["conv"]
+    assert report.frozen_groups() == ["probe"]  # its sum over channels feeds the assert

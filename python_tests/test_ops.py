@@ -285,26 +285,22 @@ def test_ops_reject_bad_masks():
 def test_ops_reject_mismatched_arguments_at_the_c_level():
     model, groups = random_layout(0)
     layout = ChannelLayout(model, groups)
-    tensors, numels, segs, seg_ptr, runs = layout.kernel_args()
+    tensors, table, n = [p.detach() for p in layout.parameters()], layout.table, layout.num_channels
     with pytest.raises(ValueError, match="tensors"):
-        torch.ops.oneprune.grouped_norms(tensors[:-1], numels, segs, seg_ptr, runs)
+        torch.ops.oneprune.grouped_norms(tensors[:-1], table, n)
     with pytest.raises(ValueError, match="dtype"):
-        torch.ops.oneprune.grouped_norms([t.double() for t in tensors], numels, segs, seg_ptr, runs)
+        torch.ops.oneprune.grouped_norms([t.double() for t in tensors], table, n)
+    with pytest.raises(ValueError, match="nchan"):
+        torch.ops.oneprune.grouped_norms(tensors, table, n + 1)
+    with pytest.raises(ValueError, match="int64 CPU tensor"):
+        torch.ops.oneprune.grouped_norms(tensors, table.int(), n)
     strided = [t.transpose(0, -1).contiguous().transpose(0, -1) for t in tensors]
     if any(not t.is_contiguous() for t in strided):
-        with pytest.raises(ValueError, match="contiguous"):
-            torch.ops.oneprune.grouped_norms(strided, numels, segs, seg_ptr, runs)
-    with pytest.raises(ValueError, match="seg_ptr"):
-        torch.ops.oneprune.grouped_norms(tensors, numels, segs, seg_ptr[0], runs)
-    bad = runs.clone()
-    bad[0, 2] += 10_000  # channel count past the end: refused before any memory is touched
-    with pytest.raises(ValueError, match="outside"):
-        torch.ops.oneprune.grouped_norms(tensors, numels, segs, seg_ptr, bad)
-    bad = runs.clone()
-    bad[-1, 4] += 1  # one row too many
-    with pytest.raises(ValueError, match="outside"):
-        torch.ops.oneprune.scale_channels_(tensors, numels, segs, seg_ptr, bad,
-                                           torch.ones(layout.num_channels, dtype=torch.bool), torch.tensor(0.5))
+        with pytest.raises(ValueError, match="memory format changed"):
+            torch.ops.oneprune.grouped_norms(strided, table, n)
+    mask = torch.ones(n, dtype=torch.bool)
+    with pytest.raises(IndexError, match="frozen index"):
+        torch.ops.oneprune.scale_channels_(tensors, table, mask, torch.tensor(0.5), [len(tensors)])
 
 
 # --- torch.library integration ---------------------------------------------------------
@@ -314,20 +310,25 @@ def _op_args(seed=0):
     model, groups = random_layout(seed)
     layout = ChannelLayout(model, groups)
     set_grads(model, seed)
-    tensors, numels, segs, seg_ptr, runs = layout.kernel_args()
+    tensors = [p.detach() for p in layout.parameters()]
     mask = random_mask(layout.num_channels, seed)
-    return layout, tensors, numels, segs, seg_ptr, runs, mask
+    return layout, tensors, layout.table, mask
 
 
 def test_opcheck_all_ops():
-    layout, tensors, numels, segs, seg_ptr, runs, mask = _op_args()
+    layout, tensors, table, mask = _op_args()
     grads = layout.grads()
     reg = torch.tensor(0.1)
-    torch.library.opcheck(torch.ops.oneprune.grouped_norms.default, (tensors, numels, segs, seg_ptr, runs))
+    n = layout.num_channels
+    torch.library.opcheck(torch.ops.oneprune.grouped_norms.default, (tensors, table, n))
     torch.library.opcheck(torch.ops.oneprune.group_lasso_grad_.default,
-                          (tensors, grads, numels, segs, seg_ptr, runs, mask, reg, 1e-12))
+                          (tensors, grads, table, mask, reg, 1e-12, []))
     torch.library.opcheck(torch.ops.oneprune.scale_channels_.default,
-                          (tensors, numels, segs, seg_ptr, runs, mask, torch.tensor(0.9)))
+                          (tensors, table, mask, torch.tensor(0.9), []))
+    frozen = [0, 3]
+    grads = [torch.empty(0) if i in frozen else g for i, g in enumerate(grads)]
+    torch.library.opcheck(torch.ops.oneprune.group_lasso_grad_.default,
+                          (tensors, grads, table, mask, reg, 1e-12, frozen))
     t = torch.randn(6, 4, 3)
     torch.library.opcheck(torch.ops.oneprune.compact_.default, (t, 1, torch.tensor([0, 2])))
     torch.library.opcheck(torch.ops.oneprune.compact_many_.default,
@@ -335,11 +336,12 @@ def test_opcheck_all_ops():
 
 
 def test_torch_compile_calls_the_ops():
-    layout, tensors, numels, segs, seg_ptr, runs, mask = _op_args(1)
+    layout, tensors, table, mask = _op_args(1)
+    n = layout.num_channels
 
     def step(ts, gs, m):
-        sq, sal = torch.ops.oneprune.grouped_norms(ts, numels, segs, seg_ptr, runs)
-        pen = torch.ops.oneprune.group_lasso_grad_(ts, gs, numels, segs, seg_ptr, runs, m, torch.tensor(0.1), 1e-12)
+        sq, sal = torch.ops.oneprune.grouped_norms(ts, table, n)
+        pen = torch.ops.oneprune.group_lasso_grad_(ts, gs, table, m, torch.tensor(0.1), 1e-12, [])
         return sq.sum() + sal.sum(), pen
 
     twin_model = copy.deepcopy(layout.model)
@@ -347,8 +349,8 @@ def test_torch_compile_calls_the_ops():
     set_grads(layout.model, 1)
     twin = ChannelLayout(twin_model, layout.groups)
     compiled = torch.compile(step, backend="inductor", fullgraph=True)
-    out_c = compiled(layout.kernel_args()[0], layout.grads(), mask)
-    out_e = step(twin.kernel_args()[0], twin.grads(), mask)
+    out_c = compiled([p.detach() for p in layout.parameters()], layout.grads(), mask)
+    out_e = step([p.detach() for p in twin.parameters()], twin.grads(), mask)
     torch.testing.assert_close(out_c[0], out_e[0])
     torch.testing.assert_close(out_c[1], out_e[1])
     for p, q in zip(layout.model.parameters(), twin_model.parameters()):

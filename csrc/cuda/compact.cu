@@ -6,7 +6,7 @@
 
 #include <vector>
 
-#include "segments.cuh"
+#include "chunk_walk.cuh"
 
 namespace oneprune {
 namespace cuda {

@@ -1,55 +1,55 @@
-// grouped_norms, CUDA kernel: one launch for the whole model, one block per channel.
+// grouped_norms, CUDA: two launches for the whole model, whatever its depth.
+//   1. one block per chunk: partial sums of squares per slot (coalesced, 16-byte loads where
+//      aligned; every element read once, counted for its row and its column channel);
+//   2. one thread per channel: its slots in entry order (fixed), sum of squares and saliency.
+// No atomics, no host synchronisation; capturable in a CUDA graph.
 #include <torch/library.h>
 
-#include "segments.cuh"
+#include "chunk_walk.cuh"
 
 namespace oneprune {
 namespace cuda {
 namespace {
 
-__global__ void __launch_bounds__(kBlock) grouped_norms_kernel(const PtrTable tab, const int64_t* __restrict__ segs,
-                                                                const int64_t* __restrict__ seg_ptr, int64_t nphase,
-                                                                int64_t nchan, float* __restrict__ sq,
-                                                                float* __restrict__ sal) {
-  __shared__ float shm[2][kBlock / 32];
-  const int64_t c = blockIdx.x;
-  float total = 0.f, weighted = 0.f;
-  int64_t m = 0;
-  for (int64_t p = 0; p < nphase; ++p) {
-    const int64_t* row = seg_ptr + p * (nchan + 1);
-    m += row[c + 1] - row[c];
-    for (int64_t i = row[c]; i < row[c + 1]; ++i) {
-      const Seg s = read_seg(segs, i);
-      const float part = seg_sumsq_part(tab, s);
-      const int64_t n = s.rows * s.len;
-      total += part;
-      weighted += n > 0 ? part * rsqrtf(static_cast<float>(n)) : 0.f;
-    }
-  }
-  total = block_sum(total, shm[0]);
-  weighted = block_sum(weighted, shm[1]);
-  if (threadIdx.x == 0) {
-    sq[c] = total;
-    sal[c] = m > 0 ? weighted / static_cast<float>(m) : 0.f;
-  }
+__global__ void __launch_bounds__(kThreads) norms_partial_kernel(const PtrTable tab, const int64_t* __restrict__ table,
+                                                                  float* __restrict__ partial) {
+  __shared__ SumsqShared sh;
+  const Table v = layout::table_view(table);
+  const Chunk c = layout::read_chunk(v, blockIdx.x);
+  const Tile t = layout::read_tile(v, c.tile);
+  dispatch_dtype(tab.dtype[t.tensor], [&](auto tag) {
+    using T = decltype(tag);
+    chunk_sumsq<T>(static_cast<const T*>(tab.ptr[t.tensor]), t, c, partial + c.slot0, sh);
+  });
 }
 
-std::tuple<at::Tensor, at::Tensor> grouped_norms_cuda(at::TensorList tensors, c10::IntArrayRef numels,
-                                                      const at::Tensor& segs, const at::Tensor& seg_ptr,
-                                                      const at::Tensor& runs) {
-  check_layout("grouped_norms", tensors, numels, segs, seg_ptr, runs);
-  const c10::cuda::CUDAGuard guard(segs.device());
-  const int64_t nchan = seg_ptr.size(1) - 1;
-  const int64_t nphase = seg_ptr.size(0);
-  auto opts = at::TensorOptions().dtype(at::kFloat).device(segs.device());
-  at::Tensor sq = at::empty({nchan}, opts);
-  at::Tensor sal = at::empty({nchan}, opts);
-  if (nchan == 0) return {sq, sal};
-  const PtrTable tab = make_table("grouped_norms", tensors);
+__global__ void __launch_bounds__(kThreads) norms_combine_kernel(const int64_t* __restrict__ table,
+                                                                  const float* __restrict__ partial,
+                                                                  float* __restrict__ sq, float* __restrict__ sal) {
+  const Table v = layout::table_view(table);
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (c < v.nchan) layout::combine_channel(v, partial, c, sq + c, sal + c);
+}
+
+std::tuple<at::Tensor, at::Tensor> grouped_norms_cuda(at::TensorList tensors, const at::Tensor& table, int64_t nchan) {
+  const LayoutCall call = check_grouped_norms(tensors, table, nchan);
+  const Table& tab = call.table;
+  const c10::cuda::CUDAGuard guard(call.device);
+  auto opts = at::TensorOptions().dtype(at::kFloat).device(call.device);
+  at::Tensor sq = at::empty({tab.nchan}, opts);
+  at::Tensor sal = at::empty({tab.nchan}, opts);
+  if (tab.nchan == 0) return {sq, sal};
+  const PtrTable ptrs = make_table("grouped_norms", tensors);
+  const at::Tensor dev = table_on(table, call.device);
+  at::Tensor partial = at::empty({tab.nslots + 1}, opts);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  grouped_norms_kernel<<<static_cast<unsigned>(nchan), kBlock, 0, stream>>>(
-      tab, segs.data_ptr<int64_t>(), seg_ptr.data_ptr<int64_t>(), nphase, nchan, sq.data_ptr<float>(),
-      sal.data_ptr<float>());
+  if (tab.nchunks > 0) {
+    norms_partial_kernel<<<static_cast<unsigned>(tab.nchunks), kThreads, 0, stream>>>(
+        ptrs, dev.const_data_ptr<int64_t>(), partial.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  norms_combine_kernel<<<static_cast<unsigned>((tab.nchan + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+      dev.const_data_ptr<int64_t>(), partial.data_ptr<float>(), sq.data_ptr<float>(), sal.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {sq, sal};
 }
