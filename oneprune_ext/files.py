@@ -116,8 +116,10 @@ def _tmp_name(path: str) -> str:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = True) -> None:
     """Write ``path`` atomically: ``write(f)`` into a temporary file in the same folder, fsync,
-    ``os.replace``. Missing parent folders are created. The file gets ``0o666`` minus the umask."""
+    ``os.replace``. Missing parent folders are created. The file gets ``0o666`` minus the umask.
+    A device, pipe or socket at ``path`` is refused (ValueError), never replaced."""
     path = os.fspath(path)
+    _refuse_special(path, "atomic_write")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = _tmp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -132,6 +134,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binar
             os.unlink(tmp)
         raise
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _refuse_special(path: str, what: str) -> None:
+    """A device, pipe or socket (``/dev/null``, ...) would be replaced by the rename: refuse it."""
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise ValueError(f"{what}: {path!r} exists and is not a regular file (a device, pipe or socket); "
+                         "an atomic write would replace it: give the path of a regular file")
 
 
 def _fsync_dir(directory: str) -> None:
@@ -175,7 +184,8 @@ def check_writable(path: Any, what: str) -> str:
     """Check up front that ``path`` can be written by :func:`atomic_write`; returns it as a str.
 
     Refuses (ValueError, one line naming ``what``, e.g. ``"--checkpoint"``): an empty path, a
-    directory, a path below a file, a folder that cannot be created or written. Probes by
+    directory, a device, pipe or socket (``/dev/null``: the rename would replace it), a path
+    below a file, a folder that cannot be created or written. Probes by
     creating and deleting a temporary file, so it answers for this process's permissions.
     """
     if path is None or (isinstance(path, str) and not path.strip()):
@@ -190,6 +200,7 @@ def check_writable(path: Any, what: str) -> str:
         raise ValueError(f"{what}: the path {text!r} contains a NUL character")
     if text.endswith(os.sep) or os.path.isdir(text):
         raise ValueError(f"{what}: {text!r} is a directory; give a file name in it (e.g. {os.path.join(text, 'run.pt')!r})")
+    _refuse_special(text, what)
     full = os.path.abspath(text)
     parent = os.path.dirname(full)
     probe_dir = parent

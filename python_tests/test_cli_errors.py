@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import subprocess
 import sys
 from typing import Iterator
@@ -128,6 +129,16 @@ def test_output_paths_are_checked_before_training(tmp_path, flags, needle: str) 
     rc, err = _main(flags(tmp_path) + RUN)
     _assert_one_line_error(rc, err, needle)
     assert sorted(os.listdir(tmp_path)) == before  # nothing trained, nothing written
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("flag", ["--checkpoint", "--json", "--save"])
+def test_a_device_or_pipe_as_output_is_refused_not_replaced(tmp_path, flag: str) -> None:
+    """``--json /dev/null`` would replace the device by the atomic rename (as root)."""
+    os.mkfifo(tmp_path / "pipe")
+    rc, err = _main([flag, str(tmp_path / "pipe")] + RUN)
+    _assert_one_line_error(rc, err, flag, "not a regular file")
+    assert stat.S_ISFIFO(os.stat(tmp_path / "pipe").st_mode) and os.listdir(tmp_path) == ["pipe"]
 
 
 # ------------------------------------------------------------------------------------ resume

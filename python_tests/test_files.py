@@ -13,6 +13,7 @@ import stat
 
 import pytest
 import torch
+import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -226,6 +227,29 @@ def test_check_writable_refuses(tmp_path, make, match: str) -> None:
     with pytest.raises(ValueError, match=match) as e:
         files.check_writable(make(tmp_path), "--checkpoint")
     assert str(e.value).startswith("--checkpoint: ") and "\n" not in str(e.value)
+
+
+def _fifo(d):
+    os.mkfifo(d / "pipe")
+    return d / "pipe"
+
+
+def _link_to_fifo(d):
+    os.symlink(_fifo(d), d / "link")
+    return d / "link"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("make", [_fifo, _link_to_fifo], ids=["fifo", "symlink-to-fifo"])
+def test_special_files_are_refused_never_replaced(tmp_path, make) -> None:
+    """A device or pipe (``/dev/null``) at an output path would be replaced by the atomic rename."""
+    target = make(tmp_path)
+    with pytest.raises(ValueError, match="not a regular file"):
+        files.check_writable(target, "--json")
+    with pytest.raises(ValueError, match="not a regular file"):
+        save_pruned(nn.Linear(2, 2), target)
+    assert stat.S_ISFIFO(os.stat(target).st_mode)
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
 
 def test_check_writable_accepts_new_folders_and_leaves_nothing(tmp_path) -> None:
