@@ -224,6 +224,34 @@ def test_hooks_refuse_an_epoch_that_was_not_ended() -> None:
     p.epoch_start(4)
 
 
+def _assign(model):
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+
+
+def _new_parameter(model):
+    model[1].weight = nn.Parameter(model[1].weight.detach().clone())
+
+
+@pytest.mark.parametrize("replace", [_assign, _new_parameter], ids=["assign", "new-parameter"])
+@pytest.mark.parametrize("hook", ["before_step", "after_step", "epoch_end"])
+def test_step_hooks_refuse_replaced_parameters(replace, hook: str) -> None:
+    """Parameters replaced mid-epoch: the hooks refuse to touch the orphaned tensors."""
+    model = _mlp(seed=3)
+    p = OneCyclePruner(model, X, **OPTS, regularizer="both")
+    for e in range(2):
+        p.epoch_start(e)
+        p.epoch_end(e)
+    p.epoch_start(2)  # sparsity learning: before_step adds the group-lasso gradient, after_step shrinks
+    replace(model)
+    model(X.flatten(1)).sum().backward()
+    before = snapshot(model)
+    call = {"before_step": p.before_step, "after_step": lambda: p.after_step(0.1),
+            "epoch_end": lambda: p.epoch_end(2)}[hook]
+    with pytest.raises(ValueError, match=r"was replaced by another tensor.*call layout\.rebuild\(\)"):
+        call()
+    assert_unchanged(before, model)
+
+
 # ------------------------------------------------------------------------------------ load_pruned
 
 
