@@ -240,9 +240,9 @@ def test_train_refuses_other_run_options_and_leaves_the_model(tmp_path) -> None:
     loaders = digits_loaders(batch_size=128, seed=0)
     path = tmp_path / "ck.pt"
 
-    def run(options, reduction=0.5):
+    def run(options, reduction=0.5, width=4):
         torch.manual_seed(0)
-        model = models.digits_cnn(width=4)
+        model = models.digits_cnn(width=width)
         pruner = OneCyclePruner(model, torch.zeros(1, 1, 8, 8), total_epochs=2, monitor_start=0, sl_start=0,
                                 sl_end=1, reduction=reduction)
         return model, lambda: train(model, *loaders, epochs=2, pruner=pruner, progress=False, checkpoint=path,
@@ -257,6 +257,11 @@ def test_train_refuses_other_run_options_and_leaves_the_model(tmp_path) -> None:
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     model, go = run({"data": "digits", "seed": 0}, reduction=0.4)
     with pytest.raises(ValueError, match=r"reduction=0.5 \(saved\) vs 0.4"):
+        go()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    model, go = run({"data": "digits", "seed": 0}, width=6)  # another model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="does not match this model.s channel groups"):
         go()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 

@@ -71,7 +71,8 @@ def _equal(a: Any, b: Any) -> bool:
     return a == b or (a != a and b != b)
 
 
-ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "groups", "num_features", "normalized_shape")
+ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "groups", "num_features", "normalized_shape",
+         "embed_dim", "kdim", "vdim", "head_dim", "hidden_dim")
 
 
 def snapshot(model: nn.Module, optimizer=None, pruner=None) -> dict[str, Any]:
@@ -313,6 +314,80 @@ def test_load_pruned_refuses_a_file_that_does_not_fit(pruned_file, alter, match:
     with pytest.raises(ValueError, match=match) as e:
         load_pruned(fresh, path)
     assert "\n" not in str(e.value)
+    assert_unchanged(before, fresh)
+
+
+class _GroupedAttention(nn.Module):
+    """A grouped conv (each kept channel counts twice) feeding attention (two heads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.ln = nn.LayerNorm(8)
+        self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.b(torch.relu(self.bn(self.a(x)))).flatten(2).transpose(1, 2)
+        q = self.ln(h)
+        return self.fc((h + self.att(q, q, q, need_weights=False)[0]).mean(1))
+
+
+XG = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+
+
+def _grouped_attention(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return _GroupedAttention().eval()
+
+
+@pytest.mark.parametrize("keep, match", [
+    ({0: [0, 4]}, "out of range"),           # 8 conv channels, but a group of 4 (multiplicity 2)
+    ({1: [0, 2, 1]}, "not sorted"),
+    ({1: [True, False]}, "must be ints"),
+    ([[0, 1]], "keep has 1 entries"),
+    ([[0, 1], [0], None], "keep has 3 entries"),
+    ({0: []}, "empty"),
+])
+def test_grouped_and_attention_keeps_are_refused(keep, match: str) -> None:
+    model = _grouped_attention()
+    groups = trace_groups(model, XG)
+    assert len(groups) == 2 and groups.sizes[0] == 4  # the conv's 8 channels are 4 per conv group
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=match):
+        prune_channels(model, groups, keep)
+    assert_unchanged(before, model)
+
+
+@pytest.mark.parametrize("layer, attr, value, match", [
+    ("b", "groups", 1, "in_channels"),
+    ("b", "groups", 4, "groups=4"),
+    ("att", "embed_dim", 3, "embed_dim=3"),
+    ("att", "head_dim", 1, "head_dim=1"),
+    ("att", "kdim", 2, "kdim=2"),
+    ("ln", "normalized_shape", [2], "normalized_shape=\\[2\\]"),
+    ("ln", "normalized_shape", [2, 2], "does not fit"),
+    ("att.out_proj", "in_features", 2, "in_features=2"),
+])
+def test_registry_record_that_lies_is_refused(tmp_path, layer: str, attr: str, value: Any, match: str) -> None:
+    """The structure record of layers the registry knows (grouped convs, attention, layer norms)
+    is checked against the weights' shapes; a lie changes nothing."""
+    model = _grouped_attention()
+    groups = trace_groups(model, XG)
+    prune_channels(model, groups, [[0, 2], [1, 2, 3]])
+    path = str(tmp_path / "p.pt")
+    save_pruned(model, path)
+    fresh = _grouped_attention(seed=1)
+    assert torch.allclose(load_pruned(fresh, path)(XG), model(XG))  # the honest file loads
+    data = files.read_checked(path, "oneprune_ext.pruned", (2,))
+    rec = json.loads(data["structure"])
+    rec["layers"][layer][attr] = value
+    _rewrite(path, data, rec)
+    fresh = _grouped_attention(seed=1)
+    before = snapshot(fresh)
+    with pytest.raises(ValueError, match=match):
+        load_pruned(fresh, path)
     assert_unchanged(before, fresh)
 
 

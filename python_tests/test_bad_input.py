@@ -1,11 +1,12 @@
-"""Bad input to the cost model and the tracer (issue 11, item 5's cost part; the tracing row
-of the README's "what happens on bad input" table).
+"""Bad input to the cost model, the tracer and the ops' scalar arguments (issue 11, item 5; the
+cost-model and tracing rows of the README's "what happens on bad input" table).
 
 ``CostModel.macs`` / ``.params`` (and the ``_many`` forms) take one whole number per group in
 ``[0, group size]``: anything else (negative, too large, bool, float, None, wrong length) is a
 ``ValueError`` naming the group, never a silently extrapolated polynomial. ``trace_groups``
 refuses bad options, a non-module and example inputs the model's forward cannot run with one
-line naming them, and leaves the model's train / eval flags as they were.
+line naming them, and leaves the model's train / eval flags as they were. A non-finite ``eps``
+is refused by the group-lasso op like ``reg``; a sparse ``.grad`` by ``prune_channels``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oneprune_ext import models
+from oneprune_ext import models, ops
+from oneprune_ext.compact import prune_channels
 from oneprune_ext.cost import CostModel
-from oneprune_ext.graph import UnsupportedOpError, trace_groups
+from oneprune_ext.graph import UnsupportedOpError, UnsupportedOpWarning, trace_groups
+from oneprune_ext.layout import ChannelLayout
 
 X = torch.randn(1, 64, generator=torch.Generator().manual_seed(0))
 
@@ -119,6 +122,21 @@ class _Shuffle(nn.Module):
         return self.b(x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w))
 
 
+class _DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) if x.sum() > 0 else -self.a(x)
+
+
+def test_unsupported_places_are_kept_fixed_and_listed() -> None:
+    with pytest.warns(UnsupportedOpWarning, match="(?s)kept channels fixed at 1 place.*splits or mixes the channel dim.*kept fixed: a"):
+        groups = trace_groups(_Shuffle(), torch.randn(1, 3, 4, 4))
+    assert len(groups) == 0  # the shuffled conv's channels are not pruned
+
+
 @pytest.mark.parametrize("call, exc, needle", [
     (lambda m: trace_groups(m, X, on_unsupported="ignore"), ValueError, "on_unsupported must be 'freeze' or 'error'"),
     (lambda m: trace_groups(m, X, saliency_params="some"), ValueError, "saliency_params must be 'published' or 'all'"),
@@ -130,8 +148,9 @@ class _Shuffle(nn.Module):
     (lambda m: trace_groups(m, "x"), ValueError, "forward fails on the example inputs (str)"),
     (lambda m: trace_groups(_Shuffle(), torch.randn(1, 3, 4, 4), on_unsupported="error"), UnsupportedOpError,
      "splits or mixes the channel dim"),
+    (lambda m: trace_groups(_DataDependent(), torch.randn(1, 3, 4, 4)), UnsupportedOpError, "could not trace"),
 ], ids=["on_unsupported", "saliency_params", "foreign-layer", "layer-name", "not-a-module", "input-shape",
-        "input-count", "input-type", "unsupported-error"])
+        "input-count", "input-type", "unsupported-error", "untraceable"])
 def test_tracing_refuses_bad_input_and_leaves_the_model(call, exc, needle: str) -> None:
     torch.manual_seed(0)
     model = models.mlp(64, (16, 12), 10).train()
@@ -141,3 +160,33 @@ def test_tracing_refuses_bad_input_and_leaves_the_model(call, exc, needle: str) 
     assert needle in str(e.value) and str(e.value).startswith("trace_groups: ")
     assert all(m.training for m in model.modules())  # train / eval flags restored
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# ------------------------------------------------------------------------------------ op scalars, grads
+
+
+@pytest.mark.parametrize("eps", [float("nan"), float("inf"), -1.0, 0.0])
+def test_group_lasso_refuses_a_bad_eps(eps: float) -> None:
+    torch.manual_seed(0)
+    model = models.mlp(64, (16, 12), 10)
+    layout = ChannelLayout(model, trace_groups(model, X))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    before = [(p.detach().clone(), p.grad.clone()) for p in model.parameters()]
+    with pytest.raises(ValueError, match="eps must be positive and finite"):
+        ops.group_lasso_grad_(layout, torch.ones(layout.num_channels, dtype=torch.bool), 0.1, eps=eps)
+    assert all(torch.equal(p.detach(), d) and torch.equal(p.grad, g) for p, (d, g) in zip(model.parameters(), before))
+
+
+def test_prune_refuses_a_sparse_grad() -> None:
+    torch.manual_seed(0)
+    model = models.mlp(64, (16, 12), 10)
+    groups = trace_groups(model, X)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    model[1].weight.grad = model[1].weight.grad.to_sparse()
+    before = [(p, p.detach().clone()) for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"\.grad of '1\.weight' \(torch.sparse_coo.*set_to_none=True"):
+        prune_channels(model, groups, {0: [0, 1]})
+    assert all(q is p and torch.equal(q.detach(), d) and q.grad is not None
+               for (p, d), q in zip(before, model.parameters()))
