@@ -928,8 +928,9 @@ class OneCyclePruner:
         if not isinstance(state, Mapping):
             raise ValueError(f"OneCyclePruner.load_state_dict: expected the dict of state_dict(), got "
                              f"{type(state).__name__}")
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported OneCyclePruner state version {state.get('version')!r} "
+        version = state.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version != _STATE_VERSION:
+            raise ValueError(f"unsupported OneCyclePruner state version {version!r} "
                              f"(this version reads {_STATE_VERSION})")
         v = StateReader(state, self.total_epochs)
         self._check_same_model(v)

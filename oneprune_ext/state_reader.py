@@ -147,7 +147,8 @@ class StateReader:
 
     def sparsity(self, key: str) -> dict[str, Any]:
         """The regulariser's running totals (absent in states written before ``reg="auto"``)."""
-        sp = self.state.get(key) or {}
+        sp = self.state.get(key)
+        sp = {} if sp is None else sp
         if not isinstance(sp, Mapping):
             raise self.bad(f"{key} must be a dict")
         steps, lr = sp.get("steps_per_epoch"), sp.get("last_lr")

@@ -142,15 +142,18 @@ def _fresh() -> tuple[nn.Module, OneCyclePruner]:
     lambda s: s.update(reg_current=float("nan")),
     lambda s: s["sparsity"].update(shrink_total=-1.0),
     lambda s: s.update(sparsity=[1]),
+    lambda s: s.update(version=torch.tensor([5, 3])),  # found by the property test below
+    lambda s: s.update(version=True),
+    lambda s: s.update(sparsity=torch.tensor([5, 3])),
 ], ids=["no-masks", "no-stats", "no-history", "tracker-lengths", "tracker-indices", "history-entry", "history-counts",
         "mask-size", "keep-range", "keep-groups", "prune-epoch", "epoch-order", "selection-mask", "reg-nan",
-        "shrink-total", "sparsity-list"])
+        "shrink-total", "sparsity-list", "version-tensor", "version-bool", "sparsity-tensor"])
 def test_corrupt_state_leaves_the_fresh_model_dense(pruned_state, corrupt) -> None:
     state = _clone(pruned_state)
     corrupt(state)
     model, q = _fresh()
     before = snapshot(model, pruner=q)
-    with pytest.raises(ValueError, match="corrupt state|does not match"):
+    with pytest.raises(ValueError, match="corrupt state|does not match|unsupported OneCyclePruner state version"):
         q.load_state_dict(state)
     assert_unchanged(before, model, pruner=q)
     assert not q.pruned and q.groups.sizes == [16, 12]
