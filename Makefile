@@ -47,17 +47,18 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
 # CMake build of the same sources (library for torch.ops.load_library + C++ tests);
 # see csrc/tests/README.md. The sanitizer build skips the CUDA sources (device code is
 # not instrumented) to save the nvcc compiles.
-CMAKE_ENV = PATH=$(CURDIR)/$(VENV)/bin:$$PATH
+CMAKE_ENV = PATH=$(abspath $(VENV))/bin:$$PATH
+CMAKE_PY = -DPython_EXECUTABLE=$(abspath $(PY))
 CMAKE_FLAGS ?=
 cpp-test: cmake-test asan-test
 
 cmake-test: $(DEPS_STAMP)
-	$(CMAKE_ENV) cmake -S . -B build-cmake -G Ninja $(CMAKE_FLAGS)
+	$(CMAKE_ENV) cmake -S . -B build-cmake -G Ninja $(CMAKE_PY) $(CMAKE_FLAGS)
 	$(CMAKE_ENV) cmake --build build-cmake -j$$(nproc)
 	ctest --test-dir build-cmake --output-on-failure
 
 asan-test: $(DEPS_STAMP)
-	$(CMAKE_ENV) cmake -S . -B build-asan -G Ninja -DONEPRUNE_SANITIZE=ON -DONEPRUNE_CUDA=OFF
+	$(CMAKE_ENV) cmake -S . -B build-asan -G Ninja $(CMAKE_PY) -DONEPRUNE_SANITIZE=ON -DONEPRUNE_CUDA=OFF
 	$(CMAKE_ENV) cmake --build build-asan -j$$(nproc)
 	ctest --test-dir build-asan --output-on-failure
 

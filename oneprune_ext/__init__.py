@@ -7,7 +7,7 @@ Search", WACV 2026). See README.md for the training-loop API.
 
 from __future__ import annotations
 
-from . import distributed, models, ops, reference
+from . import distributed, files, models, ops, reference
 from ._build_info import build_info
 from .compact import check_optimizer, prune_channels
 from .config import PrunerConfig
@@ -38,6 +38,7 @@ __all__ = [
     "check_optimizer",
     "distributed",
     "evaluate",
+    "files",
     "load_pruned",
     "models",
     "ops",

@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -61,6 +62,7 @@ import torch.nn as nn
 
 from . import distributed
 from .config import PrunerConfig
+from .files import FileFormatError, atomic_write
 from .train import CIFAR_GAMMA, CIFAR_MILESTONES, SCHEDULE_UNITS, TrainResult, train
 
 __all__ = ["main", "build_parser", "parse_args", "run", "summary_table", "PRESETS"]
@@ -153,7 +155,37 @@ def _nonneg_int(text: str) -> int:
 
 
 def _nonneg_float(text: str) -> float:
-    return _parse(text, float, "a number >= 0", lambda v: v >= 0.0, ">= 0")
+    return _parse(text, float, "a number >= 0", lambda v: math.isfinite(v) and v >= 0.0, "a finite number >= 0")
+
+
+def _positive_float(text: str) -> float:
+    return _parse(text, float, "a number > 0", lambda v: math.isfinite(v) and v > 0.0, "a finite number > 0")
+
+
+def _seed(text: str) -> int:
+    return _parse(text, int, "an int in [0, 2**32)", lambda v: 0 <= v < 2**32, "in [0, 2**32) (4294967295 at most)")
+
+
+def _device(text: str) -> str:
+    """A torch device this machine has (checked before anything runs)."""
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cpu":
+        return text
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise argparse.ArgumentTypeError(f"{text!r}: {why}; use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+        return text
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: this machine cannot train on {dev.type} (use cpu"
+                                     f"{' or cuda' if torch.cuda.is_available() else ''})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=_positive_int, default=None,
                    help="training batch size, in samples; under torchrun the batch over all processes, split "
                         "evenly (default: 32 digits, 128 cifar10, 256 imagenet)")
-    g.add_argument("--lr", type=float, default=None, help="initial learning rate of SGD (default 0.1)")
+    g.add_argument("--lr", type=_positive_float, default=None, help="initial learning rate of SGD (default 0.1)")
     g.add_argument("--momentum", type=_nonneg_float, default=None, help="SGD momentum (default 0.9)")
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
                    help="Nesterov momentum (default: on for digits and cifar10, off for imagenet, as published)")
@@ -206,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule-unit", choices=SCHEDULE_UNITS, default=None,
                    help="the schedule steps once per epoch or after every iteration (default: epoch, iteration "
                         "for imagenet as published)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the model init, data split and shuffling (default: %(default)s)")
-    g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--seed", type=_seed, default=0, help="seed of the model init, data split and shuffling (default: %(default)s)")
+    g.add_argument("--device", type=_device, default=None,
+                   help="torch device (default: cuda if available, else cpu)")
     g.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads for torch (torch.set_num_threads; default: torch's choice)")
     g.add_argument("--dense-baseline", action="store_true",
@@ -232,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-epoch checkpoint file, written atomically (the dense baseline uses "
                         "<name>.dense<ext> next to it)")
     g.add_argument("--resume", action="store_true",
-                   help="continue from --checkpoint if it exists (run with the same options)")
+                   help="continue from --checkpoint if it exists; every option that changes the run must be "
+                        "the same (the differing ones are named)")
     g.add_argument("--save", default=None, help="write the pruned model here with save_pruned()")
     g.add_argument("--json", default=None, help="write the results (both runs, per-epoch history) as JSON here")
     g.add_argument("--out", default=None, metavar="DIR",
@@ -438,7 +472,7 @@ def run(args: argparse.Namespace) -> tuple[TrainResult, TrainResult | None, nn.M
     if out is not None:
         common["on_epoch"] = out.on_epoch("pruned")
     pruned = train(model, train_loader, test_loader, pruner=pruner, checkpoint=args.checkpoint,
-                   desc="one-cycle", **common)
+                   desc="one-cycle", run_options=_run_options(args), **common)
     if args.save and main_rank:
         from .saving import save_pruned
 
@@ -449,7 +483,8 @@ def run(args: argparse.Namespace) -> tuple[TrainResult, TrainResult | None, nn.M
             common["on_epoch"] = out.on_epoch("dense")
         dense_model = _build_model(args, num_classes).to(device)
         dense = train(dense_model, train_loader, test_loader, pruner=None,
-                      checkpoint=_dense_checkpoint(args.checkpoint), desc="dense", **common)
+                      checkpoint=_dense_checkpoint(args.checkpoint), desc="dense",
+                      run_options=_run_options(args, pruned=False), **common)
     if out is not None:
         args.outputs = _finish_run_directory(out, args, pruner, pruned, model, dense, dense_model, num_classes,
                                              len(train_loader))
@@ -507,6 +542,111 @@ def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------------ checks before the run
+
+
+def _run_options(args: argparse.Namespace, pruned: bool = True) -> dict[str, Any]:
+    """The options that define a run, as recorded in its checkpoint (a resume must match them).
+
+    Left out, because they cannot change the result: --threads, --no-progress, --data-root
+    (the same data may move), the output paths, --dense-baseline, the device index.
+    """
+    opts: dict[str, Any] = {"data": args.data, "model": args.model, "epochs": args.epochs,
+                            "batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum,
+                            "nesterov": args.nesterov, "weight_decay": args.weight_decay, "schedule": args.schedule,
+                            "schedule_unit": args.schedule_unit, "seed": args.seed,
+                            "device": torch.device(args.device).type, "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+    if args.model == "digits_cnn":
+        opts["width"] = args.width
+    if args.data != "digits":
+        opts["workers"] = args.workers  # worker count changes which worker draws each augmentation
+    if pruned:
+        opts.update({k: v for k, v in args.pruner_config.to_dict().items() if k != "total_epochs"})
+    return opts
+
+
+def _flag_of(option: str) -> str:
+    if option == "processes":
+        return "the number of torchrun processes"
+    if option == "device":
+        return "--device (type)"
+    return _flags(option) if option in {f.name for f in dataclasses.fields(PrunerConfig)} \
+        else "--" + option.replace("_", "-")
+
+
+def _check_resume(path: str | None, options: dict[str, Any], use: str) -> None:
+    """``--resume``: the checkpoint is intact and was written by a run with the same options."""
+    from .train import read_checkpoint, run_differences
+
+    if path is None or not os.path.exists(path):
+        return
+    try:
+        data = read_checkpoint(path, use)
+    except ValueError as e:
+        raise ConfigError(_one_line(e)) from None
+    diff = run_differences(data.get("run_options"), options)
+    if diff:
+        named = ", ".join(f"{_flag_of(k)} {a!r} (saved) vs {b!r} (now)" for k, a, b in diff)
+        raise ConfigError(f"{use}: {path!r} was written by a run with other options: {named}; resume with the "
+                          "same options, or start a new run with another --checkpoint")
+
+
+def _rank() -> int:
+    """This process's rank, before the process group is joined (torchrun sets RANK)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return distributed.rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every file the run will write can be written, and no two are the same (checked before training)."""
+    from . import files
+
+    outputs = [("--checkpoint", args.checkpoint), ("--save", args.save), ("--json", args.json)]
+    if args.dense_baseline and args.checkpoint:
+        outputs.append(("--checkpoint (its dense baseline)", _dense_checkpoint(args.checkpoint)))
+    seen: dict[str, str] = {}
+    for flag, path in outputs:
+        if path is None:
+            continue
+        try:
+            files.check_writable(path, flag)
+        except ValueError as e:
+            raise ConfigError(_one_line(e)) from None
+        real = os.path.realpath(path)
+        if real in seen:
+            raise ConfigError(f"{flag} and {seen[real]} name the same file {path!r}; give each its own path")
+        seen[real] = flag
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Everything about the files checked before any training: output paths writable and
+    distinct, temporary files of an interrupted save removed, and with ``--resume`` the
+    checkpoints intact and written with the same options.
+
+    Raises:
+        ConfigError: one line (``oneprune: error: ...``, exit 2).
+    """
+    from . import files
+
+    if _rank() == 0:  # rank 0 writes the files
+        _check_outputs(args)
+        for path in (args.checkpoint, args.save, args.json):
+            if path:
+                files.remove_orphans(path)
+    if args.resume:
+        _check_resume(args.checkpoint, _run_options(args), "--resume")
+        if args.dense_baseline:
+            _check_resume(_dense_checkpoint(args.checkpoint), _run_options(args, pruned=False),
+                          "--resume (the dense baseline's checkpoint)")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The resolved options of ``oneprune`` (presets filled in, ``args.pruner_config`` built)."""
     parser = build_parser()
@@ -527,6 +667,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(resolved_config(args), indent=1))
         return 0
+    try:
+        preflight(args)
+    except ConfigError as e:
+        print(f"oneprune: error: {_one_line(e)}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     started = _start_distributed(args)
@@ -534,8 +679,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         pruned, dense, _ = run(args)
         main_rank, world = distributed.is_main_process(), distributed.world_size()
-    except (FileNotFoundError, ImportError, ConfigError) as e:
-        print(f"oneprune: error: {e}", file=sys.stderr)
+    except (FileNotFoundError, ImportError, ConfigError, FileFormatError) as e:
+        print(f"oneprune: error: {_one_line(e)}", file=sys.stderr)
         return 2
     finally:
         if started:
@@ -560,8 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = {"args": {k: v for k, v in vars(args).items() if k not in ("pruner_config", "outputs")},
                "pruner_config": args.pruner_config.to_dict(), "pruned": pruned.to_dict(),
                "dense": dense.to_dict() if dense else None, "total_seconds": total}
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        atomic_write(args.json, lambda f: json.dump(out, f, indent=1), binary=False)
     return 0
 
 

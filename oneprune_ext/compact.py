@@ -44,15 +44,35 @@ __all__ = ["prune_channels", "check_optimizer"]
 _compact_many = ops.compact_many_
 
 
-def _validate_keep(groups: ChannelGroups, keep: Mapping[int, Any]) -> dict[int, list[int]]:
+def _keep_by_group(groups: ChannelGroups, keep: Any) -> Mapping[int, Any]:
+    """``keep`` as group index -> indices: a mapping as it is, a list indexed by group (``None``
+    entries keep the whole group)."""
+    if isinstance(keep, Mapping):
+        return keep
+    if isinstance(keep, (list, tuple)):
+        if len(keep) != len(groups):
+            raise ValueError(f"prune_channels: keep has {len(keep)} entries, the model has {len(groups)} groups "
+                             "(give one entry per group, None to keep a group whole, or a dict group -> indices)")
+        return {gi: k for gi, k in enumerate(keep) if k is not None}
+    raise ValueError(f"prune_channels: keep must be a dict group index -> kept channel indices or a list with "
+                     f"one entry per group, got {type(keep).__name__}")
+
+
+def _validate_keep(groups: ChannelGroups, keep: Any) -> dict[int, list[int]]:
+    keep = _keep_by_group(groups, keep)
     out: dict[int, list[int]] = {}
     for gi, idx in keep.items():
         if isinstance(gi, bool) or not isinstance(gi, int) or not 0 <= gi < len(groups):
             raise ValueError(f"prune_channels: group index {gi!r} is not in [0, {len(groups)})")
         g = groups[gi]
         label = f"group {gi} ({g.name})"
+        if isinstance(idx, (str, bytes, Mapping)) or not hasattr(idx, "__iter__"):
+            raise ValueError(f"prune_channels: {label}: keep must be a 1-D integer tensor or sequence, got "
+                             f"{type(idx).__name__}")
+        if isinstance(idx, np.ndarray):
+            idx = torch.from_numpy(idx) if idx.dtype != object else list(idx)
         if isinstance(idx, torch.Tensor):
-            if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.dim() != 1:
+            if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.is_complex() or idx.dim() != 1:
                 raise ValueError(f"prune_channels: {label}: keep must be a 1-D integer tensor or sequence")
             lst = [int(v) for v in idx.tolist()]
         else:
@@ -341,6 +361,51 @@ def _check_grads(params: Mapping[str, nn.Parameter], by_tensor: Mapping[str, Any
                 "optimizer.zero_grad(set_to_none=True) before the prune")
 
 
+def _check_no_shared_memory(
+    params: Mapping[str, nn.Parameter],
+    buffers: Mapping[str, torch.Tensor],
+    by_tensor: Mapping[str, Any],
+    optimizer: Optional[torch.optim.Optimizer],
+    state_keys: list[tuple[nn.Parameter, str]],
+) -> None:
+    """Refuse tensors to compact whose memory another tensor of the model (or of the prune) uses.
+
+    Compaction moves entries inside each tensor's own storage: a second tensor on the same
+    memory (aliased or tied-by-view parameters, a flat parameter buffer) would be corrupted.
+    """
+    name_of = {id(p): n for n, p in params.items()}
+    owners: dict[tuple[Any, int], str] = {}  # (device, storage address) -> the tensor using it
+
+    def claim(t: Optional[torch.Tensor], label: str, compacted: bool) -> None:
+        if t is None or t.layout != torch.strided or t.device.type == "meta":
+            return
+        st = t.untyped_storage()
+        if st.nbytes() == 0:
+            return
+        key = (t.device, st.data_ptr())
+        other = owners.get(key)
+        if other is not None and other != label and (compacted or other.endswith("*")):
+            a, b = other.rstrip("*"), label
+            raise ValueError(
+                f"prune_channels: {a} and {b} share memory (aliased parameters, views of one flat buffer, "
+                "or tensors tied by view), so neither can be compacted in place; nothing was pruned. Give each "
+                "its own storage (p.data = p.data.clone()), or keep these layers out of the prune "
+                "(ignored_layers)")
+        if other is None or compacted:
+            owners[key] = label + ("*" if compacted else "")
+
+    for name, p in params.items():
+        hit = name in by_tensor
+        claim(p.detach(), f"'{name}'", hit)
+        claim(p.grad, f"the .grad of '{name}'", hit)
+    for name, b in buffers.items():
+        claim(b, f"buffer '{name}'", name in by_tensor)
+    if optimizer is not None:
+        for p, key in state_keys:
+            n = name_of.get(id(p))
+            claim(optimizer.state[p][key], f"optimizer state '{key}' of '{n}'", n in by_tensor)
+
+
 def _new_groups(groups: ChannelGroups, masks: Mapping[tuple[str, int], torch.Tensor],
                 kept_idx: Mapping[int, list[int]]) -> ChannelGroups:
     new_groups: list[ChannelGroup] = []
@@ -359,7 +424,7 @@ def _new_groups(groups: ChannelGroups, masks: Mapping[tuple[str, int], torch.Ten
 def prune_channels(
     model: nn.Module,
     groups: ChannelGroups,
-    keep: Mapping[int, Sequence[int] | torch.Tensor],
+    keep: Mapping[int, Sequence[int] | torch.Tensor] | Sequence[Sequence[int] | torch.Tensor | None],
     optimizer: torch.optim.Optimizer | None = None,
 ) -> ChannelGroups:
     """Remove every channel not kept, in place, and return the updated groups.
@@ -374,7 +439,9 @@ def prune_channels(
         model: the network the groups were traced from (current shapes).
         groups: its channel groups.
         keep: group index -> sorted, distinct kept channel indices (ints or a 1-D
-            integer tensor); groups not listed keep all channels.
+            integer tensor); groups not listed keep all channels. Or a list with one
+            entry per group, in the groups' order (``None`` keeps a group whole), e.g. a
+            :class:`~oneprune_ext.select.Selection`'s ``kept_indices``.
         optimizer: optional; its per-parameter state tensors of the parameter's shape are
             compacted along the same dims (any ``torch.optim`` optimizer with per-element
             state: SGD, Adam, AdamW, NAdam, RAdam, Adamax, Adagrad, RMSprop, ...).
@@ -397,6 +464,9 @@ def prune_channels(
     by_tensor = _moves_per_tensor(masks)
     state_keys = check_optimizer(optimizer, model) if optimizer is not None else []
     _check_grads(params, by_tensor)
+    _check_no_shared_memory(params, buffers, by_tensor, optimizer, state_keys)
+    if not by_tensor:  # every group keeps every channel: nothing to move
+        return _new_groups(groups, masks, kept_idx)
 
     # everything is validated: from here on the model changes
     with torch.no_grad():

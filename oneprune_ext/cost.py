@@ -16,9 +16,18 @@ degree <= 2 in the kept counts.  Then
 The model is traced with ``torch.fx`` and its graph run once under
 ``torch.utils.flop_counter.FlopCounterMode`` (eval mode, no autograd); every call's terms
 are checked against the FLOPs the counter attributed to that call (its FLOPs are ``2 x``
-MACs), so the closed form equals what the counter counts on the pruned model.  (On CPU
-PyTorch's fused inference attention kernel is not counted by the counter, so neither is it
-here.)  The polynomial's coefficients are computed once; evaluating it is a few microseconds
+MACs), so the closed form equals what the counter counts on the pruned model.
+
+Attention is counted in full: projections and the products ``Q K^T`` and ``A V``.  Plain
+``FlopCounterMode`` in eval mode counts nothing for ``nn.MultiheadAttention`` (PyTorch's fused
+fast path, ``torch._native_multi_head_attention``, has no formula), and on CPU not the products
+of ``F.scaled_dot_product_attention``; counting either way would leave a transformer's
+attention out of the dense MACs, so a MACs target would remove the wrong fraction and a
+projection's channels would look cheaper than they are.  The counting pass therefore runs with
+the fast path off and the CPU attention kernel given the counter's own CUDA formula
+(:func:`oneprune_ext.flops.counting_flops`): the MACs equal ``FlopCounterMode`` on the model
+run where it sees every matmul (fast path off or train mode, math attention backend), on CPU
+and CUDA alike.  The polynomial's coefficients are computed once; evaluating it is a few microseconds
 in Python (:meth:`CostModel.macs`) or one vectorised numpy expression for many candidates
 (:meth:`CostModel.macs_many`).  MACs are for the given ``example_inputs`` (whole batch); use a
 batch of one for per-image MACs.
@@ -26,6 +35,7 @@ batch of one for per-image MACs.
 
 from __future__ import annotations
 
+import operator
 import warnings
 from typing import Any, Sequence
 
@@ -35,6 +45,7 @@ import torch.nn as nn
 from torch import fx
 from torch.utils.flop_counter import FlopCounterMode
 
+from .flops import counting_flops
 from .graph import UnsupportedOpError, evaluating, run_graph, trace_graph
 from .groups import ChannelGroups
 from .registry import CostCall, CostTerm, function_entry, method_entry, module_entry
@@ -141,7 +152,7 @@ def _run_counted(model: nn.Module, inputs: tuple, shapes: dict[str, tuple[int, .
     except UnsupportedOpError:
         graph = None
     modules = dict(model.named_modules())
-    with evaluating(modules.values()), torch.no_grad(), FlopCounterMode(display=False) as fc:
+    with evaluating(modules.values()), torch.no_grad(), counting_flops() as fc:
         if graph is not None:
             _count_graph(model, graph, inputs, modules, fc, account)
         else:
@@ -228,6 +239,7 @@ class CostModel:
     def __init__(self, model: nn.Module, groups: ChannelGroups,
                  example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> None:
         self.sizes = list(groups.sizes)
+        self._group_names = [g.name for g in groups]
         params = dict(model.named_parameters())
         shapes: dict[str, tuple[int, ...]] = {n: tuple(p.shape) for n, p in params.items()}
         shapes.update({n: tuple(b.shape) for n, b in model.named_buffers()})
@@ -296,33 +308,63 @@ class CostModel:
             self.macs_per_channel.append(self.dense_macs - self._macs(k))
             self.params_per_channel.append(self.dense_params - self._params(k))
 
-    def _check(self, kept: Sequence[int]) -> None:
+    def _check(self, kept: Sequence[int], what: str) -> list[int]:
+        """``kept`` as a list of ints, or a ValueError naming the first bad group."""
+        if isinstance(kept, (str, bytes)) or not hasattr(kept, "__len__"):
+            raise ValueError(f"CostModel.{what}: kept must be a sequence of {len(self.sizes)} ints (one kept "
+                             f"count per group, in group order), got {type(kept).__name__}")
         if len(kept) != len(self.sizes):
-            raise ValueError(f"CostModel: expected {len(self.sizes)} kept counts, got {len(kept)}")
+            raise ValueError(f"CostModel.{what}: expected {len(self.sizes)} kept counts (one per group, in group "
+                             f"order), got {len(kept)}")
+        out = []
+        for gi, k in enumerate(kept):
+            try:
+                if isinstance(k, (bool, np.bool_)) or (isinstance(k, torch.Tensor) and k.dtype == torch.bool):
+                    raise TypeError
+                n = operator.index(k)
+            except TypeError:
+                raise ValueError(self._bad(what, gi, f"kept count {k!r} is not an int ({type(k).__name__})")) from None
+            if not 0 <= n <= self.sizes[gi]:
+                raise ValueError(self._bad(what, gi, f"kept count {n} is outside [0, {self.sizes[gi]}]"))
+            out.append(n)
+        return out
+
+    def _check_many(self, kept: Any, what: str) -> np.ndarray:
+        """``kept`` as a ``[B, num_groups]`` int64 array, or a ValueError naming the first bad group."""
+        K = np.asarray(kept)
+        if K.ndim != 2 or K.shape[1] != len(self.sizes):
+            raise ValueError(f"CostModel.{what}: expected shape [B, {len(self.sizes)}], got {K.shape}")
+        if K.dtype.kind not in "iu":
+            raise ValueError(f"CostModel.{what}: kept counts must be integers, got dtype {K.dtype}")
+        K = K.astype(np.int64, copy=False)
+        bad = (K < 0) | (K > np.asarray(self.sizes, dtype=np.int64))
+        if bad.any():
+            b, gi = (int(i[0]) for i in np.nonzero(bad))
+            raise ValueError(self._bad(what, gi, f"kept count {int(K[b, gi])} (row {b}) is outside "
+                                                 f"[0, {self.sizes[gi]}]"))
+        return K
+
+    def _bad(self, what: str, gi: int, msg: str) -> str:
+        return (f"CostModel.{what}: group {gi} ({self._group_names[gi]}): {msg}; give each group a whole "
+                "number of kept channels between 0 and its size (CostModel.sizes)")
 
     def macs(self, kept: Sequence[int]) -> int:
-        """Exact MACs with ``kept[i]`` channels kept in group ``i`` (ints, group order)."""
-        self._check(kept)
-        return self._macs(kept)
+        """Exact MACs with ``kept[i]`` channels kept in group ``i`` (ints in ``[0, sizes[i]]``,
+        group order); raises ValueError naming the group for anything else."""
+        return self._macs(self._check(kept, "macs"))
 
     def params(self, kept: Sequence[int]) -> int:
-        """Exact parameter count with ``kept[i]`` channels kept in group ``i``."""
-        self._check(kept)
-        return self._params(kept)
+        """Exact parameter count with ``kept[i]`` channels kept in group ``i`` (checked as
+        :meth:`macs` does)."""
+        return self._params(self._check(kept, "params"))
 
     def macs_many(self, kept: np.ndarray) -> np.ndarray:
         """MACs of many candidates at once: ``kept`` is ``[B, num_groups]`` ints -> ``[B]`` int64."""
-        K = np.asarray(kept, dtype=np.int64)
-        if K.ndim != 2 or K.shape[1] != len(self.sizes):
-            raise ValueError(f"CostModel.macs_many: expected shape [B, {len(self.sizes)}], got {K.shape}")
-        return self._macs.many(K)
+        return self._macs.many(self._check_many(kept, "macs_many"))
 
     def params_many(self, kept: np.ndarray) -> np.ndarray:
         """Parameter counts of many candidates: ``[B, num_groups]`` -> ``[B]`` int64."""
-        K = np.asarray(kept, dtype=np.int64)
-        if K.ndim != 2 or K.shape[1] != len(self.sizes):
-            raise ValueError(f"CostModel.params_many: expected shape [B, {len(self.sizes)}], got {K.shape}")
-        return self._params.many(K)
+        return self._params.many(self._check_many(kept, "params_many"))
 
     @property
     def macs_per_channel_m(self) -> list[float]:

@@ -298,8 +298,19 @@ def _record_shapes(model: nn.Module, graph: fx.Graph, inputs: tuple,
             torch.set_num_threads(threads)
         if not fast:
             meta.clear()
-            run_graph(model, graph, inputs, modules, keep)
+            try:
+                run_graph(model, graph, inputs, modules, keep)
+            except Exception as e:  # the model's own forward fails on these inputs
+                raise _forward_failed(model, inputs, e) from e
     return meta
+
+
+def _forward_failed(model: nn.Module, inputs: tuple, e: Exception) -> ValueError:
+    what = ", ".join(f"tensor of shape {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+                     for t in inputs)
+    return ValueError(f"trace_groups: {type(model).__name__}'s forward fails on the example inputs ({what}): "
+                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; pass inputs its forward "
+                      "accepts (a tensor, or a tuple of positional inputs, e.g. one batch of the training data)")
 
 
 class evaluating:
@@ -574,6 +585,8 @@ def _run_walks(model: nn.Module, graph: fx.Graph, meta: dict[fx.Node, Any], igno
 
 def _validate(model: nn.Module, ignored_layers: Iterable[nn.Module], on_unsupported: str,
               saliency_params: str) -> set[nn.Module]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"trace_groups: model must be an nn.Module, got {type(model).__name__}")
     if on_unsupported not in ("freeze", "error"):
         raise ValueError(f"trace_groups: on_unsupported must be 'freeze' or 'error', got {on_unsupported!r}")
     if saliency_params not in ("published", "all"):
@@ -584,6 +597,15 @@ def _validate(model: nn.Module, ignored_layers: Iterable[nn.Module], on_unsuppor
         if not isinstance(m, nn.Module) or m not in all_modules:
             raise ValueError(f"trace_groups: ignored_layers entry {type(m).__name__} is not a submodule of the model")
     return ignored
+
+
+def _check_input_count(model: nn.Module, graph: fx.Graph, inputs: tuple) -> None:
+    """More example inputs than ``forward`` takes would be dropped silently: refuse them."""
+    slots = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(inputs) > len(slots) and not any(str(n.target).startswith("*") for n in slots):
+        raise ValueError(f"trace_groups: {type(model).__name__}'s forward takes {len(slots)} positional "
+                         f"input(s), got {len(inputs)} example inputs; pass a tensor, or a tuple with one "
+                         "entry per input")
 
 
 def trace_report(
@@ -603,6 +625,7 @@ def trace_report(
                    or not _fx_leaf(m)}
     graph, untraceable = trace_graph(model, black_boxes)
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    _check_input_count(model, graph, inputs)
     modules = dict(model.named_modules())
     meta = _record_shapes(model, graph, inputs, modules)
     ctx = _run_walks(model, graph, meta, ignored, untraceable, saliency_params, modules)

@@ -361,24 +361,30 @@ def _update_mha(m: nn.Module) -> None:
 
 
 def _cost_mha(c: CostCall) -> Any:
-    """What FlopCounterMode counts: nothing on PyTorch's fused inference path, else the
-    projections, plus the attention products where its kernel is counted (not on CPU)."""
+    """The real work of one call, in every mode: the q / k / v projections (packed ``[3E, E]``
+    or separate ``q/k/v_proj_weight`` when ``kdim`` / ``vdim`` differ), the output projection
+    and the two attention products ``Q K^T`` and ``A V`` over all heads (``Lq * S * E`` MACs
+    each, ``S`` the key length plus ``bias_k`` / ``add_zero_attn`` columns).  Biases are not
+    MACs.  The cost model counts with attention visible (:mod:`oneprune_ext.flops`), so this
+    is checked against the counter even where PyTorch's fused fast path would hide it."""
     m = c.module
     q, k, v = c.arg(0, "query"), c.arg(1, "key"), c.arg(2, "value")
-    w_in, w_out = c.tensor_name(m.in_proj_weight), c.tensor_name(m.out_proj.weight)
-    if w_in is None or w_out is None:
-        return None
+    w_out = c.tensor_name(m.out_proj.weight)
     tokens = [t.numel() // t.shape[-1] for t in (q, k, v)]
-    if k.dim() == 3:
-        src = k.shape[1] if m.batch_first else k.shape[0]
+    if m.in_proj_weight is not None:
+        w_in = c.tensor_name(m.in_proj_weight)
+        if w_in is None or w_out is None:
+            return None
+        proj = [CostTerm(sum(tokens), ((w_in, 1), (w_out, 1)))]
     else:
-        src = k.shape[0]
-    proj = [CostTerm(sum(tokens), ((w_in, 1), (w_out, 1))), CostTerm(tokens[0], ((w_out, 0), (w_out, 1)))]
-    attn = [CostTerm(2 * tokens[0] * src, ((w_out, 1),))]
-    for terms in ([], proj, proj + attn):
-        if 2 * c.macs(terms) == c.flops:
-            return terms
-    return proj + attn
+        ws = [c.tensor_name(w) for w in (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)]
+        if w_out is None or None in ws:
+            return None
+        proj = [CostTerm(n, ((w, 0), (w, 1))) for n, w in zip(tokens, ws)]
+    proj.append(CostTerm(tokens[0], ((w_out, 0), (w_out, 1))))
+    src = k.shape[1] if k.dim() == 3 and m.batch_first else k.shape[0]
+    src += int(m.bias_k is not None) + int(m.add_zero_attn)
+    return proj + [CostTerm(2 * tokens[0] * src, ((w_out, 1),))]
 
 
 def _mha_shape(m: nn.Module, args: tuple, kwargs: dict) -> Any:

@@ -166,6 +166,7 @@ from .select import (
     round_kept_counts,
     select_subnetwork,
 )
+from .state_reader import StateReader
 
 __all__ = ["OneCyclePruner", "EpochReport", "PrunerConfig"]
 
@@ -576,16 +577,21 @@ class OneCyclePruner:
         From ``monitor_start`` until the prune: one fused saliency kernel, the closed-form
         selection and the indicator update; then the regulariser's mask and ``reg`` are put
         on the model's device once for the whole epoch. Raises ValueError for an epoch outside
-        ``[0, total_epochs)``, an epoch not after the previous one, or a model that was
-        reshaped behind the pruner's back.
+        ``[0, total_epochs)``, an epoch not after the previous one, an epoch started while the
+        previous one was not ended (``epoch_end`` skipped), or a model that was reshaped behind
+        the pruner's back.
         """
         t0 = time.perf_counter()
         try:
             e = self._check_epoch(epoch, "epoch_start")
             if self._last_end is not None and e <= self._last_end:
                 raise ValueError(f"epoch_start: epoch {e} is not after the last finished epoch {self._last_end}")
-            if self._last_start is not None and self._last_start != self._last_end and e == self._last_start:
-                raise ValueError(f"epoch_start({e}) called twice without epoch_end({e})")
+            if self._last_start is not None and self._last_start != self._last_end:
+                s0 = self._last_start
+                if e == s0:
+                    raise ValueError(f"epoch_start({e}) called twice without epoch_end({e})")
+                raise ValueError(f"epoch_start({e}): epoch {s0} was started but never ended; call "
+                                 f"pruner.epoch_end({s0}, optimizer) first (it prunes when epoch {s0} is due)")
             self._check_model()
             if self.process_group is not None:
                 distributed.check_same_on_all_ranks(self.layout.parameters(), self.layout.tensor_names, self.process_group)
@@ -896,66 +902,50 @@ class OneCyclePruner:
         model's layers are cut to the recorded kept channels so the saved tensors fit. Loading
         into this same pruner after it pruned is also accepted (no reshape).
 
+        The whole state is checked before anything changes: if this raises, the model and the
+        pruner are as they were.
+
         Raises:
-            ValueError: the state belongs to a different model (group names / sizes), or the
-                model is already pruned differently.
+            ValueError: the state was saved with other options (the message names each one
+                and its two values: build the pruner with
+                ``PrunerConfig.from_dict(state["config"])`` to continue that run), belongs to a
+                different model (group names / sizes), is corrupt (a missing or malformed entry,
+                named), or the model is already pruned differently.
         """
-        if int(state.get("version", -1)) != _STATE_VERSION:
-            raise ValueError(f"unsupported OneCyclePruner state version {state.get('version')!r}")
-        names = [g.name for g in self._dense_groups]
-        if list(state["group_names"]) != names or [int(s) for s in state["dense_sizes"]] != self._dense_sizes:
-            raise ValueError(
-                "pruner state does not match this model's channel groups (different architecture, width "
-                "or ignored_layers?): saved sizes "
-                f"{list(state['dense_sizes'])}, model {self._dense_sizes}")
-        saved_sizes = [int(s) for s in state["sizes"]]
+        saved = self._parse_state(state)
+        keep = saved["prune_keep"]
         cur_sizes = list(self.groups.sizes)
-        if bool(state["pruned"]):
-            keep = [torch.as_tensor(k, dtype=torch.int64).clone() for k in state["prune_keep"]]
-            if [int(k.numel()) for k in keep] != saved_sizes:
-                raise ValueError("corrupt pruner state: prune_keep does not match the saved sizes")
-            if cur_sizes == self._dense_sizes and saved_sizes != self._dense_sizes:
+        if saved["pruned"]:
+            if cur_sizes == self._dense_sizes and saved["sizes"] != self._dense_sizes:
                 self._check_model()
-                self._apply_keep(keep, None)
-            elif cur_sizes != saved_sizes:
+                self._apply_keep(keep, None)  # validates first: if it raises, nothing changed
+            elif cur_sizes != saved["sizes"]:
                 raise ValueError(
-                    f"the model is pruned to {cur_sizes}, the saved run to {saved_sizes}; load the pruner "
+                    f"the model is pruned to {cur_sizes}, the saved run to {saved['sizes']}; load the pruner "
                     "state into a pruner built on a fresh dense model")
-            self._prune_keep = keep
-        else:
-            if cur_sizes != self._dense_sizes:
-                raise ValueError("the saved run was not pruned yet but this model is; build a fresh dense model")
-            self._prune_keep = None
-        self._pruned = bool(state["pruned"])
-        self._prune_epoch = None if state["prune_epoch"] is None else int(state["prune_epoch"])
-        self._prune_info = {k: int(v) for k, v in dict(state["prune_info"]).items()}
-        sl = state["sl_start_resolved"]
-        self.sl_start = None if sl is None else int(sl)
-        self._reg_value = float(state["reg_current"])
-        self._last_start = None if state["last_start"] is None else int(state["last_start"])
-        self._last_end = None if state["last_end"] is None else int(state["last_end"])
-        self.tracker = StabilityTracker()
-        self.tracker.load_state_dict(state["tracker"])
-        self.history = [dict(h, kept_counts=[int(c) for c in h["kept_counts"]]) for h in state["history"]]
-        self._masks = [torch.as_tensor(m, dtype=torch.bool).clone() for m in state["masks"]]
-        s = state["selection"]
-        self.selection = None if s is None else Selection(
-            kept_indices=[torch.as_tensor(k, dtype=torch.int64).clone() for k in s["kept_indices"]],
-            removal_mask=torch.as_tensor(s["removal_mask"], dtype=torch.bool).clone(),
-            kept_counts=[int(c) for c in s["kept_counts"]], removed_counts=[int(c) for c in s["removed_counts"]],
-            reduction=float(s["reduction"]), cost=int(s["cost"]), dense_cost=int(s["dense_cost"]),
-            target_reduction=float(s["target_reduction"]), prefix_length=int(s["prefix_length"]),
-            num_candidates=int(s["num_candidates"]), tolerance=float(s["tolerance"]),
-        )
+        elif cur_sizes != self._dense_sizes:
+            raise ValueError("the saved run was not pruned yet but this model is; build a fresh dense model")
+        # from here on nothing can fail
+        self._prune_keep = keep
+        self._pruned = saved["pruned"]
+        self._prune_epoch = saved["prune_epoch"]
+        self._prune_info = saved["prune_info"]
+        self.sl_start = saved["sl_start_resolved"]
+        self._reg_value = saved["reg_current"]
+        self._last_start = saved["last_start"]
+        self._last_end = saved["last_end"]
+        self.tracker = saved["tracker"]
+        self.history = saved["history"]
+        self._masks = saved["masks"]
+        self.selection = saved["selection"]
         for h in _HOOKS:
-            self._stats[h] = float(state["stats"].get(h, 0.0))
-        self._clock.load(state["stats"])
-        sp = dict(state.get("sparsity") or {})  # absent in states written before reg="auto" existed
-        self._steps_per_epoch = None if sp.get("steps_per_epoch") is None else int(sp["steps_per_epoch"])
-        self._last_lr = None if sp.get("last_lr") is None else float(sp["last_lr"])
-        self._shrink_total = float(sp.get("shrink_total", 0.0))
+            self._stats[h] = saved["stats"].get(h, 0.0)
+        self._clock.load(saved["stats"])
+        sp = saved["sparsity"]
+        self._steps_per_epoch, self._last_lr = sp["steps_per_epoch"], sp["last_lr"]
+        self._shrink_total = sp["shrink_total"]
         if self._auto is not None:
-            self._auto.load_state_dict(sp.get("auto") or {})
+            self._auto.load_state_dict(sp["auto"] or {})
         # step-path state is re-armed by the next epoch_start
         self._active_lasso = self._active_shrink = False
         self._mask_dev = self._reg_t = self._factor_t = None
@@ -964,6 +954,83 @@ class OneCyclePruner:
         self._searched_now = False
         self._steps_now = 0
         self._epoch_shrink = self._epoch_lr_sum = 0.0
+
+    def _parse_state(self, state: Any) -> dict[str, Any]:
+        """Every entry of a :meth:`state_dict`, checked and converted; nothing is changed here."""
+        if not isinstance(state, Mapping):
+            raise ValueError(f"OneCyclePruner.load_state_dict: expected the dict of state_dict(), got "
+                             f"{type(state).__name__}")
+        version = state.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version != _STATE_VERSION:
+            raise ValueError(f"unsupported OneCyclePruner state version {version!r} "
+                             f"(this version reads {_STATE_VERSION})")
+        v = StateReader(state, self.total_epochs)
+        self._check_same_model(v)
+        self._check_saved_config(v.get("config"))
+        return {**self._parse_prune(v), **self._parse_schedule(v)}
+
+    def _check_same_model(self, v: StateReader) -> None:
+        names, dense = [g.name for g in self._dense_groups], self._dense_sizes
+        saved_names, saved_dense = v.get("group_names"), v.get("dense_sizes")
+        if not isinstance(saved_names, Sequence) or list(saved_names) != names or not isinstance(
+                saved_dense, Sequence) or [v.int(s, "dense_sizes") for s in saved_dense] != dense:
+            raise ValueError(
+                "pruner state does not match this model's channel groups (different architecture, width "
+                f"or ignored_layers?): saved sizes {saved_dense!r}, model {dense}")
+
+    def _parse_prune(self, v: StateReader) -> dict[str, Any]:
+        """Whether and how the saved run was pruned: sizes, prune epoch, kept channels."""
+        dense = self._dense_sizes
+        out: dict[str, Any] = {"sizes": v.int_list("sizes", len(dense), 1, dense), "pruned": v.flag("pruned")}
+        if out["pruned"]:
+            out["prune_epoch"] = v.epoch("prune_epoch")
+            out["prune_keep"] = v.index_sets("prune_keep", dense, counts=out["sizes"])
+        else:
+            if out["sizes"] != dense or v.get("prune_epoch") is not None:
+                raise v.bad("sizes / prune_epoch of a run that was not pruned")
+            out["prune_epoch"], out["prune_keep"] = None, None
+        out["prune_info"] = v.int_dict("prune_info")
+        return out
+
+    def _parse_schedule(self, v: StateReader) -> dict[str, Any]:
+        """Where the schedule stands: epochs, regularisation, search history, stats."""
+        dense = self._dense_sizes
+        out: dict[str, Any] = {"sl_start_resolved": v.optional_epoch("sl_start_resolved")}
+        if self.config.sl_start != "auto" and out["sl_start_resolved"] != self.config.sl_start:
+            raise v.bad(f"sl_start_resolved={out['sl_start_resolved']!r} but sl_start={self.config.sl_start}")
+        out["reg_current"] = v.number("reg_current", v.get("reg_current"))
+        out["last_start"], out["last_end"] = v.optional_epoch("last_start"), v.optional_epoch("last_end")
+        if out["last_end"] is not None and (out["last_start"] is None or out["last_end"] > out["last_start"]):
+            raise v.bad(f"last_end={out['last_end']} after last_start={out['last_start']}")
+        out["tracker"] = v.tracker("tracker", dense)
+        out["history"] = v.history("history", len(dense))
+        out["masks"] = v.masks("masks", sum(dense))
+        if not len(out["history"]) == len(out["masks"]) == len(out["tracker"].history):
+            raise v.bad(f"history ({len(out['history'])} epochs), masks ({len(out['masks'])}) and tracker "
+                        f"({len(out['tracker'].history)}) disagree")
+        out["selection"] = v.selection("selection", dense)
+        stats = v.get("stats")
+        if not isinstance(stats, Mapping):
+            raise v.bad("stats is not a dict")
+        out["stats"] = {h: v.number(f"stats[{h!r}]", stats[h]) for h in _HOOKS if h in stats}
+        device_keys = [f"{h}_device" for h in _HOOKS]  # CUDA device seconds (profiling.DeviceClock)
+        out["stats"].update({k: v.number(f"stats[{k!r}]", stats[k]) for k in device_keys if k in stats})
+        out["sparsity"] = v.sparsity("sparsity")
+        return out
+
+    def _check_saved_config(self, saved: Any) -> None:
+        """Refuse a state saved with other options, naming each one."""
+        try:
+            cfg = PrunerConfig.from_dict(saved)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"OneCyclePruner.load_state_dict: the saved options are invalid ({e})") from None
+        a, b = cfg.to_dict(), self.config.to_dict()
+        diff = [f"{k}={a[k]!r} (saved) vs {b[k]!r} (this pruner)" for k in a if a[k] != b[k]]
+        if diff:
+            raise ValueError(
+                f"OneCyclePruner.load_state_dict: the state was saved by a run with other options: "
+                f"{', '.join(diff)}. A resumed run must be the same run: build the pruner with the saved "
+                "options, PrunerConfig.from_dict(state['config']); nothing was changed")
 
     def __repr__(self) -> str:
         return (f"OneCyclePruner(target={self.config.target!r}, reduction={self.config.reduction}, groups={len(self.groups)}, "

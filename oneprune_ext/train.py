@@ -30,7 +30,10 @@ optimizer, scheduler and pruner state, the next epoch, the RNG states, the per-e
 history and the wall time so far.  ``resume=True`` continues from such a file; on CPU
 the result is bit-identical to an uninterrupted run with the same seed (the data
 loader must shuffle with a sampler that has ``set_epoch``, as the loaders of
-:mod:`oneprune_ext.data` do).
+:mod:`oneprune_ext.data` do). A checkpoint carries a format version and a checksum
+(:mod:`oneprune_ext.files`): a damaged one is refused with one line naming it, and so is a
+checkpoint of another run (other settings, ``run_options`` or pruner options; each
+difference is named), before anything changes.
 
 Under ``torchrun`` (an initialised process group with more than one rank) the model trains
 as a ``DistributedDataParallel`` replica on each rank's shard of the data, is re-wrapped after
@@ -47,7 +50,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -56,7 +59,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from . import distributed as _dist
-from .saving import atomic_save
+from . import files
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pruner import OneCyclePruner
@@ -68,7 +71,7 @@ __all__ = ["train", "evaluate", "count_macs", "count_params", "TrainResult", "Ep
 CIFAR_MILESTONES: tuple[float, ...] = (0.3, 0.6, 0.8, 0.9)
 CIFAR_GAMMA: float = 0.2
 
-_CKPT_FORMAT = "oneprune_ext.train/1"
+_CKPT_KIND, _CKPT_VERSION = "oneprune_ext.train", 2  # version 1 (no checksum) is still read
 
 
 @dataclass
@@ -213,14 +216,16 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """MACs of one forward pass on ``example`` (use a batch of 1 for per-sample MACs).
 
     Counted with :class:`torch.utils.flop_counter.FlopCounterMode` (FLOPs / 2), in eval
-    mode and without autograd; the model's train/eval flags are restored.
+    mode and without autograd, attention included (see :mod:`oneprune_ext.flops`: the fused
+    attention fast path, which the counter cannot see, is off while counting); the model's
+    train/eval flags are restored.  Equal to :class:`oneprune_ext.CostModel`'s MACs.
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    from .flops import counting_flops
 
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        with torch.no_grad(), counting_flops() as fc:
             model(example)
     finally:
         for m, t in flags:
@@ -304,14 +309,41 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _load_checkpoint(path: str) -> dict[str, Any]:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the option named
-        raise ValueError(f"train(resume=True): cannot read checkpoint {path!r}: {e}") from e
-    if not isinstance(data, dict) or data.get("format") != _CKPT_FORMAT:
-        raise ValueError(f"train(resume=True): {path!r} is not a checkpoint written by oneprune_ext.train")
-    return data
+def _load_checkpoint(path: str, use: str = "train(resume=True)") -> dict[str, Any]:
+    """The checkpoint at ``path``, checked (format, version, checksum); one-line errors naming it."""
+    return files.read_checked(path, _CKPT_KIND, (1, _CKPT_VERSION), use=use)
+
+
+def read_checkpoint(path: str | os.PathLike, use: str = "read_checkpoint") -> dict[str, Any]:
+    """Read and check a checkpoint written by :func:`train` (``checkpoint=path``).
+
+    Returns the checkpoint's dict (``"config"``, ``"run_options"``, ``"epoch"``, ``"model"``,
+    ``"pruner"``, ...). Raises :class:`oneprune_ext.files.FileFormatError` (a ValueError, one
+    line naming the file) for a missing, empty, truncated or damaged file, or a file of
+    another kind (e.g. written by ``save_pruned``); ``use`` starts its message.
+    """
+    return _load_checkpoint(os.fspath(path), use)
+
+
+def run_differences(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(option, saved value, value now)`` for every option that differs between two runs.
+
+    ``saved`` None (a checkpoint written before options were recorded): no differences.
+    An option missing on one side counts as ``None`` there.
+    """
+    if saved is None:
+        return []
+    keys = list(now) + [k for k in saved if k not in now]
+    return [(k, saved.get(k), now.get(k)) for k in keys if _norm(saved.get(k)) != _norm(now.get(k))]
+
+
+def _norm(v: Any) -> Any:
+    """Tuples and lists compare equal (a checkpoint stores lists)."""
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    if isinstance(v, Mapping):
+        return {k: _norm(x) for k, x in v.items()}
+    return v
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,6 +419,7 @@ class _Run:
     device: torch.device
     example: torch.Tensor
     config: dict[str, Any]
+    run_options: dict[str, Any] = field(default_factory=dict)  # the caller's, recorded and compared
     group: Any = None  # the process group under torch.distributed, else None
     per_iteration: bool = False  # the scheduler steps after every optimizer step (else once per epoch)
     history: list[EpochRecord] = field(default_factory=list)
@@ -449,14 +482,37 @@ def _wrap(model: nn.Module, run_device: torch.device, group: Any) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, process_group=group)
 
 
+def _check_same_run(run: _Run, data: Mapping[str, Any], ckpt_path: str) -> None:
+    """Refuse a checkpoint of another run (its settings, the caller's run options, its tensors)."""
+    diff = run_differences(data.get("config"), run.config) + run_differences(data.get("run_options"),
+                                                                             run.run_options)
+    if diff:
+        named = "; ".join(f"{k}: {a!r} (saved) vs {b!r} (now)" for k, a, b in diff)
+        raise ValueError(f"train(resume=True): checkpoint {ckpt_path!r} was written by a run with other "
+                         f"settings: {named}. Resume with the same settings, or start a new run with "
+                         "another checkpoint path")
+    saved, now = set(data["model"]), set(run.model.state_dict())
+    if saved != now:
+        raise ValueError(f"train(resume=True): checkpoint {ckpt_path!r} holds another model (tensors "
+                         f"{sorted(saved ^ now)[:4]} differ); build the same model as the saved run")
+
+
+def _prepare_checkpoint(checkpoint: Any, group: Any) -> str | None:
+    """The checkpoint path, checked writable before any training; temporary files an
+    interrupted save left next to it are removed (by the process that writes it)."""
+    if checkpoint is None:
+        return None
+    if not _is_main(group):
+        return os.fspath(checkpoint)
+    path = files.check_writable(checkpoint, "train(checkpoint=...)")
+    files.remove_orphans(path)
+    return path
+
+
 def _resume(run: _Run, ckpt_path: str) -> None:
     """Restore a run from its checkpoint: pruner (reshapes the model) first, then the rest."""
     data = _load_checkpoint(ckpt_path)
-    saved_cfg = data["config"]
-    diff = {k: (saved_cfg.get(k), v) for k, v in run.config.items() if saved_cfg.get(k) != v}
-    if diff:
-        raise ValueError(f"train(resume=True): checkpoint {ckpt_path!r} was written by a run with other "
-                         f"settings (saved, now): {diff}")
+    _check_same_run(run, data, ckpt_path)
     if data["pruner"] is not None:
         assert run.pruner is not None  # guaranteed by the config check ("pruned_run")
         run.pruner.load_state_dict(data["pruner"])  # reshapes the model if it was pruned
@@ -564,9 +620,9 @@ def _write_checkpoint(run: _Run, path: str, epoch: int) -> None:
     """The whole run after ``epoch``, atomically; rank 0 only under torch.distributed."""
     if not _dist.is_main_process(run.group):
         return
-    atomic_save({
-        "format": _CKPT_FORMAT,
+    files.write_checked({
         "config": run.config,
+        "run_options": run.run_options,
         "epoch": epoch + 1,
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
@@ -578,7 +634,7 @@ def _write_checkpoint(run: _Run, path: str, epoch: int) -> None:
         "pruner_seconds": run.pruner_before + _pruner_seconds(run.pruner),
         "dense_macs": run.dense_macs,
         "dense_params": run.dense_params,
-    }, path)
+    }, path, _CKPT_KIND, _CKPT_VERSION)
 
 
 def _show(bar: Any, run: _Run, rec: EpochRecord) -> None:
@@ -645,6 +701,7 @@ def train(
     desc: str | None = None,
     distributed: bool | None = None,
     on_epoch: Callable[[list[EpochRecord]], None] | None = None,
+    run_options: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` from its current weights for ``epochs`` epochs, pruning if given a pruner.
 
@@ -692,19 +749,25 @@ def train(
         on_epoch: called after every epoch (after its checkpoint) with the run's history so
             far, including the epochs before a resume; the last record is the epoch just
             finished. Rank 0 only under torch.distributed. E.g. to log metrics as they come.
+        run_options: the caller's options that define the run beyond these arguments (data,
+            model, seed, pruner options, ...; plain JSON-able values): recorded in the
+            checkpoint, and a resume with different values is refused, naming them.
 
     Returns:
         A :class:`TrainResult` (the same on every rank under torch.distributed).
 
     Raises:
         ValueError: a bad option (named in the message), a pruner whose ``total_epochs``
-            differs from ``epochs``, ``resume`` without ``checkpoint``, or a checkpoint that
-            does not match this run.
+            differs from ``epochs``, ``resume`` without ``checkpoint``, a checkpoint path that
+            cannot be written (checked before training), or a checkpoint that does not match
+            this run (other settings or ``run_options``, another model; a damaged file is a
+            :class:`~oneprune_ext.files.FileFormatError` naming it). A refused resume leaves
+            the model's weights and the pruner as they were.
     """
     epochs = _check_options(epochs, lr, resume, checkpoint, pruner)
     group = _process_group(pruner, distributed)
     device = torch.device(device)
-    ckpt_path = os.fspath(checkpoint) if checkpoint is not None else None
+    ckpt_path = _prepare_checkpoint(checkpoint, group)
     steps_per_epoch = _steps_per_epoch(train_loader, schedule_unit)
     config = {"epochs": epochs, "lr": float(lr), "momentum": float(momentum),
               "weight_decay": float(weight_decay), "nesterov": bool(nesterov), "schedule": schedule,
@@ -719,7 +782,7 @@ def train(
     run = _Run(model=model, net=model, optimizer=optimizer,
                scheduler=_make_scheduler(optimizer, schedule, epochs, milestones, gamma, steps_per_epoch),
                pruner=pruner, device=device, example=_first_input(train_loader).to(device), config=config,
-               group=group, per_iteration=schedule_unit == "iteration")
+               group=group, per_iteration=schedule_unit == "iteration", run_options=_norm(dict(run_options or {})))
     run.dense_macs = count_macs(model, run.example)
     run.dense_params = count_params(model)
     if resume and ckpt_path is not None and os.path.exists(ckpt_path):

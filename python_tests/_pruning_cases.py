@@ -9,7 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from oneprune_ext import models
 from oneprune_ext.groups import ChannelGroups
@@ -51,6 +53,26 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
                 m.weight.normal_(1, 0.2)
                 m.bias.normal_(0, 0.1)
     return model, torch.randn(*shape)
+
+
+def counted_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """The reference MACs: plain ``FlopCounterMode`` (FLOPs / 2) on the model in eval mode, run
+    where the counter sees every matmul: PyTorch's fused attention fast path off and attention
+    on the math backend (so ``Q K^T`` and ``A V`` are ``bmm`` calls, on CPU too)."""
+    fast = torch.backends.mha.get_fastpath_enabled()
+    flags = [(m, m.training) for m in model.modules()]
+    torch.backends.mha.set_fastpath_enabled(False)
+    model.eval()
+    try:
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+            model(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+        for m, t in flags:
+            m.training = t
+    flops = fc.get_total_flops()
+    assert flops % 2 == 0
+    return flops // 2
 
 
 def random_keep(groups: ChannelGroups, seed: int, frac: float = 0.5) -> dict[int, list[int]]:

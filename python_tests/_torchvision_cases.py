@@ -15,13 +15,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torchvision
-from torch.utils.flop_counter import FlopCounterMode
 
 from oneprune_ext.compact import prune_channels
 from oneprune_ext.cost import CostModel
 from oneprune_ext.graph import TraceReport, UnsupportedOpWarning, trace_report
 
-from _pruning_cases import zero_removed
+from _pruning_cases import counted_macs, zero_removed
 
 # family -> models (torchvision 0.29: all 80 classification builders)
 FAMILIES: dict[str, list[str]] = {
@@ -113,14 +112,6 @@ def random_half(groups: Any, seed: int) -> dict[int, list[int]]:
     """Keep a random half of every group (at least one channel)."""
     rng = random.Random(seed)
     return {i: sorted(rng.sample(range(g.size), max(1, g.size // 2))) for i, g in enumerate(groups)}
-
-
-def counted_macs(model: nn.Module, x: torch.Tensor) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(x)
-    flops = fc.get_total_flops()
-    assert flops % 2 == 0
-    return flops // 2
 
 
 @dataclass

@@ -140,6 +140,10 @@ def _reshape_like(model: nn.Module, shapes: dict[str, torch.Tensor]) -> None:
             m.num_features = m.running_mean.shape[0]
         elif isinstance(m, nn.LayerNorm):
             m.normalized_shape = tuple(m.weight.shape)
+    # the other recorded attributes (attention widths, a ViT's hidden_dim) follow the tensors too:
+    # load_pruned refuses a record whose attributes disagree with its weights
+    from oneprune_ext.registry import update_module_attrs
+    update_module_attrs(donor, set(shapes))
     assert structure_record(donor)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "m.pt")

@@ -332,9 +332,6 @@ def test_torch_compile_keeps_training_after_the_prune() -> None:
 # ------------------------------------------------------------------------------------ channels_last, frozen
 
 
-@pytest.mark.xfail(strict=False, reason="needs the fused kernels to accept channels_last parameters "
-                                        "(kernels engineer, layout.py / csrc); the compaction side is tested "
-                                        "in test_memory.py")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_channels_last_end_to_end(dtype: torch.dtype) -> None:
     model = cnn().to(dtype=dtype, memory_format=torch.channels_last)
@@ -360,9 +357,6 @@ def test_channels_last_end_to_end(dtype: torch.dtype) -> None:
                 assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), n
 
 
-@pytest.mark.xfail(strict=False, reason="needs the writing kernels to skip requires_grad=False parameters "
-                                        "(kernels engineer, ops / csrc); prune_channels' side is tested in "
-                                        "test_memory.py")
 def test_frozen_parameters_never_get_a_grad_nor_move() -> None:
     """A frozen layer (requires_grad=False) in the pruned groups: no .grad, no weight decay, no shrink."""
     model = cnn()

@@ -294,7 +294,7 @@ def test_state_dict_after_prune_reshapes_dense_model():
     idle_epochs(p, range(5))
     sd = _roundtrip(p.state_dict())
     fresh = tiny_mlp(seed=5)
-    q = make(fresh)
+    q = make(fresh, monitor_start=2, sl_start=2, sl_end=3)
     q.load_state_dict(sd)
     assert q.pruned and q.prune_epoch == 3 and q.groups.sizes == p.groups.sizes
     fresh.load_state_dict(p.model.state_dict())  # shapes fit now
