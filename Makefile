@@ -40,7 +40,7 @@ $(DEPS_STAMP): pyproject.toml | $(PY)
 	touch $@
 
 $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
-	$(PY) -m pip install --no-build-isolation -e ".[test,bench]"
+	$(PY) -m pip install --no-build-isolation -e ".[test,bench,plots]"
 	$(PY) -m oneprune_ext info
 	touch $@
 

@@ -10,6 +10,8 @@
 #      a plain training step (CUDA events), next to the published per-layer loop
 #   7. host time per hook
 #   8. prune time and memory freed (ResNet-50 to half of every group)
+#   9. `oneprune profile` as a user runs it: ResNet-56 (bs 128) on the card, every phase and
+#      regularizer next to the per-layer loop, host and device bookkeeping, a Chrome trace
 # A short table is printed last. Exits non-zero if any step failed (a build error, a failing
 # test, a sanitizer report, a mismatch, a crash); missed performance targets are reported in
 # the table but are not failures. Meant to finish in under 8 minutes on an H100/H200.
@@ -132,6 +134,31 @@ for section in graph bandwidth bookkeeping hooks prune; do
   fi
   step=$((step + 1))
 done
+
+# ---- 9. oneprune profile (the user's command) ---------------------------------------------
+if [ $DRY -eq 0 ]; then PROFILE_SIZE=(--batch 128 --steps 10); else PROFILE_SIZE=(--batch 16 --steps 2 --threads 1); fi
+if run profile 240 $PY -m oneprune_ext.cli profile --model resnet56 "${PROFILE_SIZE[@]}" --device "$DEV" \
+     --json "$OUT/profile.json" --trace "$OUT/profile_trace.json"; then
+  # the numbers from its JSON; the trace must be Chrome trace JSON with the oneprune:: ranges
+  if summary=$($PY - "$OUT/profile.json" "$OUT/profile_trace.json" 2>&1 <<'PYEOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+ph = {p["name"]: p for p in r["phases"]}
+f, l = ph["sparsity/both"], ph["per_layer/both"]
+names = {e.get("name") for e in json.load(open(sys.argv[2]))["traceEvents"]}
+missing = [n for n in ("oneprune::before_step", "oneprune::search", "oneprune::prune") if n not in names]
+assert not missing, f"trace lacks {missing}"
+print(f"step {r['plain_step_ms']:.1f} ms; bookkeeping (both) fused {f['overhead_pct']:.3f} % "
+      f"vs per-layer loop {l['overhead_pct']:.2f} %; search {r['search_ms']:.2f} ms; prune {r['prune_ms']:.1f} ms; trace ok")
+PYEOF
+  ); then
+    row "9. oneprune profile resnet56 ($DEV, ${PROFILE_SIZE[*]})" "$summary" "ok"
+  else
+    fail "9. oneprune profile" "$(echo "$summary" | tail -1 | cut -c1-160)"
+  fi
+else
+  fail "9. oneprune profile" "$(last profile)"
+fi
 
 # ---- 3. compute-sanitizer (run last: the slowest) ----------------------------------------------------------------
 SAN=${SANITIZER:-$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)}

@@ -26,6 +26,12 @@ cost of the last channel taken (a narrower model lands further from 50 %).  The 
 below the dense one over seeds 0-2, at width 40 at or above it
 (``examples/compare_regularizers.py`` measures this, see the README).
 
+``--out runs/digits-demo``: the run directory: ``report.json`` (config, per-epoch history, prune
+epoch, accuracies, MACs / parameters / channels per group, overhead), ``metrics.jsonl`` (one line
+per epoch, written as it goes), ``model.pt`` / ``dense_model.pt`` (``oneprune eval
+runs/digits-demo --dense`` measures them) and four PNG plots (stability indicator, training
+curves, channels per group, overhead); the last lines printed say where.
+
 ``--threads 1``: the network is tiny, and on a busy 2-core machine two torch threads were
 measured to be many times slower than one.  Anything after the script name is passed on to
 ``oneprune`` (see ``oneprune --help``) and overrides these settings, e.g.
@@ -45,6 +51,7 @@ DEMO_ARGS = [
     "--monitor-start", "1", "--sl-start", "3", "--sl-end", "11",
     "--reg", "auto",
     "--dense-baseline", "--threads", "1", "--seed", "0",
+    "--out", "runs/digits-demo",
 ]
 
 if __name__ == "__main__":

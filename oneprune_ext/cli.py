@@ -3,6 +3,7 @@
 Examples::
 
     oneprune --data digits --epochs 30 --reduction 0.5 --dense-baseline      # CPU, about a minute
+    oneprune --data digits --dense-baseline --out runs/digits   # + report.json, metrics.jsonl, plots
     oneprune --data cifar10 --data-root ~/data --model resnet56 --reduction 0.5
     oneprune --data imagenet --data-root /imagenet --model resnet50 --reduction 0.48
     torchrun --nproc_per_node=8 -m oneprune_ext.cli --data imagenet --data-root /imagenet --reduction 0.48
@@ -26,6 +27,19 @@ With ``--epochs`` other than the recipe's length the epoch-valued settings (``--
 ``--sl-start``, ``--sl-end``) are scaled to it and ``--reg`` becomes ``auto`` (the published
 shrink curve at any schedule length; see :mod:`oneprune_ext.sparsity`). ``--print-config``
 prints the resolved configuration as JSON and exits, so the recipe can be checked before a run.
+
+With ``--out DIR`` a run leaves ``DIR/report.json`` (config, per-epoch history, prune epoch,
+accuracies, dense and pruned MACs / parameters / channels per group, overhead, wall time),
+``DIR/metrics.jsonl`` (one line per epoch, written as it goes), ``DIR/model.pt`` and PNG plots
+(:mod:`oneprune_ext.report`, :mod:`oneprune_ext.plots`).
+
+Other commands (``oneprune COMMAND --help``):
+
+* ``oneprune profile``: the pruning overhead measured on your model and batch shape
+  (:mod:`oneprune_ext.overhead`);
+* ``oneprune eval DIR_OR_FILE``: accuracy, exact MACs / parameters and latency of a pruned
+  model, optionally next to the dense architecture (:mod:`oneprune_ext.evaluation`);
+* ``oneprune plot DIR``: redraw a run's plots from its ``report.json``.
 
 Also runnable as ``python -m oneprune_ext.cli``.
 """
@@ -186,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
                "learning 30, prune by 110 of 300 epochs; ImageNet: 2, auto, 50 of 130), and at another length\n"
                "than the published one --reg is auto (the published shrink curve at any schedule length).\n"
                "Prints a summary table at the end: accuracy, MACs, parameters, the prune epoch with the\n"
-               "accuracy right before and after the prune (the prune shock), the pruning overhead.",
+               "accuracy right before and after the prune (the prune shock), the pruning overhead.\n"
+               "Other commands: 'oneprune profile' (pruning overhead on your model and batch shape),\n"
+               "'oneprune eval DIR_OR_FILE' (accuracy, MACs, latency of a pruned model), 'oneprune plot DIR'\n"
+               "(redraw a run's plots); see 'oneprune COMMAND --help'.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("data and model")
@@ -252,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the same (the differing ones are named)")
     g.add_argument("--save", default=None, help="write the pruned model here with save_pruned()")
     g.add_argument("--json", default=None, help="write the results (both runs, per-epoch history) as JSON here")
+    g.add_argument("--out", default=None, metavar="DIR",
+                   help="run directory (created if missing): report.json at the end, metrics.jsonl one line per "
+                        "epoch as it goes, model.pt (and dense_model.pt with --dense-baseline), PNG plots")
+    g.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --out: draw the PNG plots (needs matplotlib) (default: on)")
     return p
 
 
@@ -357,17 +379,7 @@ def _build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     from . import models
 
     torch.manual_seed(args.seed)
-    if args.model == "digits_cnn":
-        return models.digits_cnn(num_classes, width=args.width)
-    if args.model == "resnet56":
-        return models.resnet56(num_classes)
-    if args.model == "vgg16":
-        return models.vgg16(num_classes)
-    try:
-        import torchvision
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"--model {args.model} needs torchvision: pip install torchvision") from e
-    return getattr(torchvision.models, args.model)(weights=None, num_classes=num_classes)
+    return models.build(args.model, num_classes, width=args.width)
 
 
 def _dense_checkpoint(path: str | None) -> str | None:
@@ -456,19 +468,52 @@ def run(args: argparse.Namespace) -> tuple[TrainResult, TrainResult | None, nn.M
         pruner = OneCyclePruner(model, example, args.pruner_config, process_group=group)
     except ValueError as e:  # a configuration the pruner rejects (e.g. target unreachable)
         raise ConfigError(_flags(str(e))) from e
+    out = _run_directory(args) if main_rank else None
+    if out is not None:
+        common["on_epoch"] = out.on_epoch("pruned")
     pruned = train(model, train_loader, test_loader, pruner=pruner, checkpoint=args.checkpoint,
                    desc="one-cycle", run_options=_run_options(args), **common)
     if args.save and main_rank:
         from .saving import save_pruned
 
         save_pruned(model, args.save)
-    dense = None
+    dense = dense_model = None
     if args.dense_baseline:
+        if out is not None:
+            common["on_epoch"] = out.on_epoch("dense")
         dense_model = _build_model(args, num_classes).to(device)
         dense = train(dense_model, train_loader, test_loader, pruner=None,
                       checkpoint=_dense_checkpoint(args.checkpoint), desc="dense",
                       run_options=_run_options(args, pruned=False), **common)
+    if out is not None:
+        args.outputs = _finish_run_directory(out, args, pruner, pruned, model, dense, dense_model, num_classes,
+                                             len(train_loader))
     return pruned, dense, model
+
+
+def _run_directory(args: argparse.Namespace) -> Any:
+    """The ``--out`` directory writer, or None without ``--out``."""
+    if not getattr(args, "out", None):
+        return None
+    from .report import RunDirectory
+
+    try:
+        return RunDirectory(args.out)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--out {args.out!r}: {e}") from e
+
+
+def _finish_run_directory(out: Any, args: argparse.Namespace, pruner: Any, pruned: TrainResult, model: nn.Module,
+                          dense: TrainResult | None, dense_model: nn.Module | None, num_classes: int,
+                          steps_per_epoch: int) -> dict[str, Any]:
+    """Models, report.json and plots into the ``--out`` directory; returns what was written."""
+    training = {k: v for k, v in resolved_config(args).items() if k != "pruner"}  # as --print-config shows it
+    training.update({k: getattr(args, k, None) for k in ("width", "workers", "threads", "dense_baseline", "checkpoint",
+                                                          "resume", "save", "out")})
+    model_info = {"name": args.model, "data": args.data, "input_shape": list(PRESETS[args.data].input_shape),
+                  "num_classes": num_classes, "width": args.width}
+    return out.finish(pruned=pruned, pruner=pruner, model=model, dense=dense, dense_model=dense_model,
+                      training=training, model_info=model_info, steps_per_epoch=steps_per_epoch, plots=args.plots)
 
 
 def _preset_name(data: str, epochs: int) -> str:
@@ -612,8 +657,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``oneprune`` console script; returns the exit status.
 
     Under ``torchrun --nproc_per_node=N`` each process trains one DDP replica; rank 0 prints,
-    writes the checkpoint, ``--save`` and ``--json``.
+    writes the checkpoint, ``--save``, ``--json`` and ``--out``. ``argv[0]`` ``profile``,
+    ``eval`` or ``plot`` runs that command instead (``oneprune COMMAND --help``).
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _COMMANDS:
+        return _command(argv[0])(argv[1:])
     args = parse_args(argv)
     if args.print_config:
         print(json.dumps(resolved_config(args), indent=1))
@@ -645,12 +694,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\noneprune: {args.model} on {args.data}, {args.epochs} epochs{procs}, target -{100 * args.reduction:.0f} % "
           f"{'MACs' if args.target == 'macs' else 'parameters'} ({schedule}); total {total:.1f} s")
     print(summary_table(pruned, dense, args.epochs))
+    outputs = getattr(args, "outputs", None)
+    if outputs:
+        print(f"report: {outputs['report']} (per epoch: {os.path.join(args.out, 'metrics.jsonl')})")
+        if outputs["plots"]:
+            print("plots: " + ", ".join(outputs["plots"]))
+        elif outputs["plots_skipped"]:
+            print(f"plots skipped: {outputs['plots_skipped']}")
     if args.json:
-        out = {"args": {k: v for k, v in vars(args).items() if k != "pruner_config"},
+        out = {"args": {k: v for k, v in vars(args).items() if k not in ("pruner_config", "outputs")},
                "pruner_config": args.pruner_config.to_dict(), "pruned": pruned.to_dict(),
                "dense": dense.to_dict() if dense else None, "total_seconds": total}
         atomic_write(args.json, lambda f: json.dump(out, f, indent=1), binary=False)
     return 0
+
+
+_COMMANDS = ("profile", "eval", "plot")
+
+
+def _command(name: str) -> Any:
+    """The ``main(argv)`` of the subcommand ``name`` (imported only when used)."""
+    if name == "profile":
+        from .overhead import main as command
+    elif name == "eval":
+        from .evaluation import main as command
+    else:
+        from .plots import main as command
+    return command
 
 
 if __name__ == "__main__":

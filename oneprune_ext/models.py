@@ -12,6 +12,9 @@
 * :func:`digits_cnn`: a small CNN for scikit-learn's 8x8 digits (conv-BN-ReLU stem,
   one residual block, pooling, a flatten of ``[2*width, 2, 2]`` into a linear).
 * :func:`mlp`: a flatten followed by linear-ReLU layers (8x8 digits by default).
+
+:func:`build` builds one of these or any torchvision classification model by name (what the
+``oneprune`` commands' ``--model`` accepts).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["resnet56", "vgg16", "digits_cnn", "mlp", "CifarResNet", "BasicBlock"]
+__all__ = ["resnet56", "vgg16", "digits_cnn", "mlp", "CifarResNet", "BasicBlock", "BUNDLED", "build", "default_input_shape"]
 
 
 def _init(model: nn.Module) -> None:
@@ -163,3 +166,41 @@ def mlp(in_features: int = 64, hidden: Sequence[int] = (128, 64), num_classes: i
         c = int(h)
     layers.append(nn.Linear(c, num_classes))
     return nn.Sequential(*layers)
+
+
+#: The bundled networks by name, and the input shape (C, H, W) each is made for.
+BUNDLED: dict[str, tuple[int, int, int]] = {
+    "digits_cnn": (1, 8, 8), "mlp": (1, 8, 8), "resnet56": (3, 32, 32), "vgg16": (3, 32, 32)}
+
+
+def default_input_shape(name: str) -> tuple[int, int, int]:
+    """The input shape (C, H, W) ``name`` is made for: see :data:`BUNDLED`; 3x224x224 otherwise."""
+    return BUNDLED.get(name, (3, 224, 224))
+
+
+def build(name: str, num_classes: int = 10, width: int = 16) -> nn.Module:
+    """A freshly initialised network by name: a bundled one (:data:`BUNDLED`; ``width`` is
+    ``digits_cnn``'s) or any torchvision classification model (``torchvision.models.get_model``,
+    no weights), e.g. ``resnet50``, ``mobilenet_v2``.
+
+    Raises:
+        ValueError: an unknown name (the message lists the bundled ones).
+        ImportError: a torchvision name without torchvision installed.
+    """
+    if name == "digits_cnn":
+        return digits_cnn(num_classes, width=width)
+    if name == "mlp":
+        return mlp(num_classes=num_classes)
+    if name == "resnet56":
+        return resnet56(num_classes)
+    if name == "vgg16":
+        return vgg16(num_classes)
+    try:
+        import torchvision
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"model {name!r} is not bundled and needs torchvision: pip install torchvision") from e
+    known = set(torchvision.models.list_models(module=torchvision.models))
+    if name not in known:
+        raise ValueError(f"unknown model {name!r}: bundled are {sorted(BUNDLED)}; torchvision's classification "
+                         "models are e.g. resnet18, resnet50, mobilenet_v2 (torchvision.models.list_models())")
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)

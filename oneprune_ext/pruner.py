@@ -148,7 +148,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import distributed
+from . import distributed, profiling
 from . import ops as _fused_ops
 from .compact import prune_channels
 from .config import PrunerConfig
@@ -349,6 +349,7 @@ class OneCyclePruner:
         sl_start: the resolved sparsity-learning start epoch (None while ``"auto"`` has not fired).
     """
 
+    @profiling.spanned("init")
     def __init__(
         self,
         model: nn.Module,
@@ -371,12 +372,15 @@ class OneCyclePruner:
             raise ValueError(f"ignored_layers: the model has no module named {missing} (see model.named_modules())")
 
         with torch.no_grad():  # nothing here may leave an autograd graph alive
-            groups = trace_groups(model, example_inputs, ignored_layers=[modules[n] for n in cfg.ignored_layers],
-                                  saliency_params=cfg.saliency_params)
+            with profiling.span("trace"):
+                groups = trace_groups(model, example_inputs, ignored_layers=[modules[n] for n in cfg.ignored_layers],
+                                      saliency_params=cfg.saliency_params)
             self._dense_groups: ChannelGroups = groups
             self.groups: ChannelGroups = groups
-            self._cost = CostModel(model, groups, example_inputs)
-        self.layout = ChannelLayout(model, groups)
+            with profiling.span("cost_model"):
+                self._cost = CostModel(model, groups, example_inputs)
+        with profiling.span("layout_build"):
+            self.layout = ChannelLayout(model, groups)
         self.dense_macs: int = int(self._cost.dense_macs)
         self.dense_params: int = int(self._cost.dense_params)
         self._dense_sizes: list[int] = list(groups.sizes)
@@ -428,6 +432,7 @@ class OneCyclePruner:
         self._epoch_shrink = 0.0  # this epoch's share of S
         self._epoch_lr_sum = 0.0  # sum of this epoch's lrs (for its effective reg under "auto")
         self._stats: dict[str, float] = {h: 0.0 for h in _HOOKS}
+        self._clock = profiling.DeviceClock(_HOOKS, next(iter(self.layout.parameters()), None))
         #: wall seconds the construction took (trace + cost model + layout), not part of ``stats``
         self.init_seconds: float = time.perf_counter() - t0
 
@@ -535,19 +540,37 @@ class OneCyclePruner:
         """Exact parameter count of the model now."""
         return int(self._cost.params(self.groups.sizes))
 
+    def channel_counts(self) -> list[dict[str, Any]]:
+        """Per channel group, in group order: ``name``, ``dense`` (channels of the dense model)
+        and ``kept`` (channels now: the dense count before the prune, the kept count after)."""
+        return [{"name": g.name, "dense": int(d), "kept": int(k)}
+                for g, d, k in zip(self._dense_groups, self._dense_sizes, self.groups.sizes)]
+
     @property
     def stats(self) -> dict[str, float]:
-        """Wall seconds spent in each hook, accumulated (host time; CUDA work is asynchronous).
+        """Seconds spent in each hook, accumulated: host time always, device time on CUDA.
 
-        Keys ``epoch_start``, ``before_step``, ``after_step``, ``epoch_end`` and ``total``
-        (their sum). The one-off construction is :attr:`init_seconds`. Restored by
-        :meth:`load_state_dict`, so a resumed run reports the whole run's overhead.
+        Host (wall) seconds, keys ``epoch_start``, ``before_step``, ``after_step``,
+        ``epoch_end`` and ``total`` (their sum): the time the calling thread spent inside the
+        hook. On the CPU that is the hook's whole cost; on a GPU the hooks only launch kernels.
+
+        Device seconds, only while the model is on CUDA: ``epoch_start_device``,
+        ``before_step_device``, ``after_step_device``, ``epoch_end_device`` and
+        ``total_device``, measured with a CUDA event pair around each hook call on the current
+        stream (:mod:`oneprune_ext.profiling`). The step path never synchronises: the events
+        are read at the end of each :meth:`epoch_end` (then the totals are complete) and,
+        for calls already finished on the device, whenever ``stats`` is read.
+
+        The one-off construction is :attr:`init_seconds`. Restored by :meth:`load_state_dict`,
+        so a resumed run reports the whole run's overhead.
         """
         out = {h: self._stats[h] for h in _HOOKS}
         out["total"] = sum(out.values())
+        out.update(self._clock.stats())
         return out
 
     # ------------------------------------------------------------------ hooks
+    @profiling.hook("epoch_start")
     def epoch_start(self, epoch: int) -> None:
         """Start of a 0-based epoch: search the sub-network and update the indicator.
 
@@ -591,24 +614,27 @@ class OneCyclePruner:
 
     def _norms(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel squared norms and saliencies now (every rank gets rank 0's saliencies)."""
-        with torch.no_grad():
+        with torch.no_grad(), profiling.span("saliency"):
             sq_norm, saliency = self._ops.grouped_norms(self.layout)
         if self.process_group is not None:  # every rank chooses rank 0's sub-network
             saliency = distributed.broadcast_from_rank0(saliency, self.process_group)
         return sq_norm, saliency
 
     def _select(self, saliency: torch.Tensor) -> Selection:
-        return select_subnetwork(
-            saliency, self.groups.sizes, self._cost_fn, self.config.reduction,
-            per_channel_mac_cost=self._per_channel_macs, dense_cost=self._dense_cost,
-            layer_limit=self.config.layer_limit, layer_limit_k=self.config.layer_limit_k, round_to=self.config.round_to,
-            multiplicity=self._multiplicity,
-        )
+        with profiling.span("selection"):
+            return select_subnetwork(
+                saliency, self.groups.sizes, self._cost_fn, self.config.reduction,
+                per_channel_mac_cost=self._per_channel_macs, dense_cost=self._dense_cost,
+                layer_limit=self.config.layer_limit, layer_limit_k=self.config.layer_limit_k, round_to=self.config.round_to,
+                multiplicity=self._multiplicity,
+            )
 
+    @profiling.spanned("search")
     def _search(self, epoch: int) -> None:
         _, saliency = self._norms()
         sel = self._select(saliency)
-        psi = self.tracker.update(sel.kept_indices)
+        with profiling.span("stability"):
+            psi = self.tracker.update(sel.kept_indices)
         self.selection = sel
         self._searched_now = True
         self._masks.append(sel.removal_mask.clone())
@@ -635,6 +661,7 @@ class OneCyclePruner:
         self._active_lasso = any_chosen and self.config.regularizer in ("group_lasso", "both")
         self._active_shrink = any_chosen and self.config.regularizer in ("shrink", "both")
 
+    @profiling.hook("before_step")
     def before_step(self, scaler: Optional[Any] = None) -> Optional[torch.Tensor]:
         """After the backward of the step's last (micro-)batch, before ``optimizer.step()``.
 
@@ -670,6 +697,7 @@ class OneCyclePruner:
         finally:
             self._stats["before_step"] += time.perf_counter() - t0
 
+    @profiling.hook("after_step")
     def after_step(self, lr: float, scaler: Optional[Any] = None) -> None:
         """After ``optimizer.step()``: in sparsity learning with ``regularizer`` ``"shrink"`` or
         ``"both"``, multiplies every slice of the channels chosen for removal by ``1 - reg * lr``
@@ -742,6 +770,7 @@ class OneCyclePruner:
             factor = torch.where(found_inf > 0, torch.ones_like(factor), factor)
         self._ops.scale_channels_(self.layout, self._mask_dev, factor)
 
+    @profiling.hook("epoch_end")
     def epoch_end(self, epoch: int, optimizer: Optional[torch.optim.Optimizer] = None) -> EpochReport:
         """End of a 0-based epoch: prune in place when it is time; report what happened.
 
@@ -804,6 +833,7 @@ class OneCyclePruner:
         removed, total = torch.stack([sq[sel.removal_mask.to(sq.device)].sum(), sq.sum()]).tolist()
         return removed / total if total > 0 else 0.0
 
+    @profiling.spanned("prune")
     def _prune(self, epoch: int, optimizer: Optional[torch.optim.Optimizer], sel: Selection) -> dict[str, int]:
         info = {"macs_before": self.macs(), "params_before": self.params()}
         keep = [k.clone() for k in sel.kept_indices]
@@ -819,10 +849,11 @@ class OneCyclePruner:
     def _apply_keep(self, keep: list[torch.Tensor], optimizer: Optional[torch.optim.Optimizer]) -> None:
         """Physically remove every channel of the dense groups not in ``keep`` (per group)."""
         cut = {gi: k for gi, k in enumerate(keep) if int(k.numel()) < self._dense_sizes[gi]}
-        with torch.no_grad():
+        with torch.no_grad(), profiling.span("compaction"):
             new_groups = prune_channels(self.model, self._dense_groups, cut, optimizer)
         self.groups = new_groups
-        self.layout.rebuild(new_groups)  # the dense cost model stays exact: it is a polynomial of kept counts
+        with profiling.span("layout_rebuild"):
+            self.layout.rebuild(new_groups)  # the dense cost model stays exact: it is a polynomial of kept counts
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -855,7 +886,7 @@ class OneCyclePruner:
                 "target_reduction": sel.target_reduction, "prefix_length": sel.prefix_length,
                 "num_candidates": sel.num_candidates, "tolerance": sel.tolerance,
             },
-            "stats": {h: self._stats[h] for h in _HOOKS},
+            "stats": {**{h: self._stats[h] for h in _HOOKS}, **self._clock.stats()},
             "sparsity": {
                 "steps_per_epoch": self._steps_per_epoch, "last_lr": self._last_lr,
                 "shrink_total": self._shrink_total,
@@ -909,6 +940,7 @@ class OneCyclePruner:
         self.selection = saved["selection"]
         for h in _HOOKS:
             self._stats[h] = saved["stats"].get(h, 0.0)
+        self._clock.load(saved["stats"])
         sp = saved["sparsity"]
         self._steps_per_epoch, self._last_lr = sp["steps_per_epoch"], sp["last_lr"]
         self._shrink_total = sp["shrink_total"]
@@ -981,6 +1013,8 @@ class OneCyclePruner:
         if not isinstance(stats, Mapping):
             raise v.bad("stats is not a dict")
         out["stats"] = {h: v.number(f"stats[{h!r}]", stats[h]) for h in _HOOKS if h in stats}
+        device_keys = [f"{h}_device" for h in _HOOKS]  # CUDA device seconds (profiling.DeviceClock)
+        out["stats"].update({k: v.number(f"stats[{k!r}]", stats[k]) for k in device_keys if k in stats})
         out["sparsity"] = v.sparsity("sparsity")
         return out
 

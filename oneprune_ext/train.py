@@ -50,7 +50,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -100,6 +100,12 @@ class EpochRecord:
             steps (``None`` without a pruner).
         acc_before_prune / acc_after_prune: test accuracy (percent) right before and right
             after the physical prune, with no training in between; ``None`` unless ``pruned_now``.
+        reduction: fraction of the dense MACs (or parameters) removed by the sub-network chosen
+            at this epoch's start, or by the pruned model after the prune (``None`` without a
+            search this epoch or without a pruner).
+        hook_seconds: seconds spent in each pruner hook during this epoch (keys as in
+            ``pruner.stats``: host seconds, plus ``<hook>_device`` seconds on CUDA); empty
+            without a pruner.
     """
 
     epoch: int
@@ -119,6 +125,8 @@ class EpochRecord:
     shrink: float | None = None
     acc_before_prune: float | None = None
     acc_after_prune: float | None = None
+    reduction: float | None = None
+    hook_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -392,6 +400,13 @@ def _pruner_seconds(pruner: "OneCyclePruner | None") -> float:
     return float(pruner.stats.get("total", 0.0))
 
 
+def _hook_seconds_since(pruner: "OneCyclePruner | None", before: dict[str, float]) -> dict[str, float]:
+    """Per-hook seconds (``pruner.stats`` keys) spent since the ``before`` snapshot of ``pruner.stats``."""
+    if pruner is None:
+        return {}
+    return {k: float(v) - float(before.get(k, 0.0)) for k, v in pruner.stats.items()}
+
+
 @dataclass
 class _Run:
     """Everything one training run carries from step to step (see :func:`train`)."""
@@ -590,6 +605,7 @@ def _end_epoch(run: _Run, test_loader: Iterable, epoch: int, sums: _EpochSums, c
         indicator=None if report is None or report.indicator is None else float(report.indicator),
         reg=None if report is None or report.reg is None else float(report.reg),
         pruned_now=pruned_now,
+        reduction=None if report is None or report.reduction is None else float(report.reduction),
         macs=run.macs_now,
         params=run.params_now,
         seconds=0.0,
@@ -684,6 +700,7 @@ def train(
     seed: int | None = 0,
     desc: str | None = None,
     distributed: bool | None = None,
+    on_epoch: Callable[[list[EpochRecord]], None] | None = None,
     run_options: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` from its current weights for ``epochs`` epochs, pruning if given a pruner.
@@ -729,6 +746,9 @@ def train(
         distributed: train with DistributedDataParallel over the default process group
             (rebuilt after the prune; the pruner needs ``process_group=``); ``None``: when a
             process group with more than one rank is initialised.
+        on_epoch: called after every epoch (after its checkpoint) with the run's history so
+            far, including the epochs before a resume; the last record is the epoch just
+            finished. Rank 0 only under torch.distributed. E.g. to log metrics as they come.
         run_options: the caller's options that define the run beyond these arguments (data,
             model, seed, pruner options, ...; plain JSON-able values): recorded in the
             checkpoint, and a resume with different values is refused, naming them.
@@ -783,14 +803,18 @@ def train(
     try:
         for epoch in range(run.start_epoch, epochs):
             t_epoch = time.perf_counter()
+            hooks_before = run.pruner.stats if run.pruner is not None else {}
             sums, cur_lr = _train_epoch(run, train_loader, epoch)
             rec = _end_epoch(run, test_loader, epoch, sums, cur_lr)
+            rec.hook_seconds = _hook_seconds_since(run.pruner, hooks_before)
             run.history.append(rec)
             if ckpt_path is not None:
                 rec.seconds = time.perf_counter() - t_epoch
                 _write_checkpoint(run, ckpt_path, epoch)
             rec.seconds = time.perf_counter() - t_epoch
             _show(bar, run, rec)
+            if on_epoch is not None and _is_main(group):
+                on_epoch(list(run.history))
     finally:
         if bar is not None:
             bar.close()
