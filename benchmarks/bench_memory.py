@@ -158,7 +158,7 @@ def test_memory_report() -> None:
         ("resident set size (MB)", "rss_mb"),
         ("saved model file (MB)", "file_mb"),
     ]
-    lines = ["", f"ResNet-50, half the channels of every group pruned (CPU, fp32, SGD momentum, grads present)",
+    lines = ["", "ResNet-50, half the channels of every group pruned (CPU, fp32, SGD momentum, grads present)",
              f"{'':38s}{'oneprune_ext':>22s}{'Torch-Pruning':>22s}",
              f"{'':38s}{'before -> after':>22s}{'before -> after':>22s}"]
     for label, key in rows:

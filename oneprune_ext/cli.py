@@ -51,7 +51,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -527,7 +526,6 @@ def _preset_name(data: str, epochs: int) -> str:
 
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
     """Everything a run of ``args`` would use, as plain JSON values (what ``--print-config`` prints)."""
-    pre = PRESETS[args.data]
     schedule: dict[str, Any] = {"kind": args.schedule, "unit": args.schedule_unit}
     if args.schedule == "step":
         schedule.update(milestones=list(CIFAR_MILESTONES), gamma=CIFAR_GAMMA)

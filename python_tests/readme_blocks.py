@@ -88,3 +88,23 @@ def namespace(distributed: bool = False, epochs: int = EPOCHS) -> dict[str, Any]
         "epochs": epochs,
         "config": op.PrunerConfig(total_epochs=epochs, monitor_start=1, sl_start=2, sl_end=6, reg=0.05),
     }
+
+
+def fenced_blocks() -> list[tuple[str, str]]:
+    """Every fenced block of README.md with a language tag, as (language, text); untagged blocks
+    are printed output, not code."""
+    return re.findall(r"^```(\w+)\n(.*?)^```", README.read_text(), flags=re.M | re.S)
+
+
+def epoch_end_fragments() -> list[str]:
+    """Python blocks without a loop of their own that replace the ``epoch_end`` line of a loop."""
+    return [b for b in python_blocks() if b not in loop_blocks() and "pruner.epoch_end(" in b]
+
+
+def command_lines() -> list[str]:
+    """The commands of the README's ``bash`` blocks, comments stripped."""
+    lines = []
+    for lang, text in fenced_blocks():
+        if lang == "bash":
+            lines += [ln.split(" #")[0].strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    return lines
