@@ -43,10 +43,11 @@ import dataclasses
 import datetime
 import json
 import os
-import tempfile
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch.nn as nn
+
+from .files import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pruner import OneCyclePruner
@@ -94,30 +95,9 @@ def epoch_line(run: str, rec: "EpochRecord") -> dict[str, Any]:
     return {"run": run, **_jsonable(dataclasses.asdict(rec))}
 
 
-def _umask_mode(fd: int) -> None:
-    """Give a file made by ``mkstemp`` (mode 0600) the permissions a plain ``open`` would (umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.fchmod(fd, 0o666 & ~mask)
-
-
 def write_json_atomic(obj: Any, path: str) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (temporary file, fsync, replace)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".oneprune-", suffix=".json.tmp", dir=directory)
-    _umask_mode(fd)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``obj`` as indented JSON to ``path`` atomically (see :func:`oneprune_ext.files.atomic_write`)."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1) + "\n"), binary=False)
 
 
 def load_report(path: str) -> dict[str, Any]:
@@ -264,13 +244,8 @@ class RunDirectory:
         if run not in self._started:
             others = [ln for ln in self._read_lines() if ln.get("run") != run]
             lines = others + [epoch_line(run, h) for h in history]
-            fd, tmp = tempfile.mkstemp(prefix=".oneprune-", suffix=".jsonl.tmp", dir=self.path)
-            _umask_mode(fd)
-            with os.fdopen(fd, "w") as f:
-                f.writelines(json.dumps(ln) + "\n" for ln in lines)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.metrics_path)
+            atomic_write(self.metrics_path, lambda f: f.writelines(json.dumps(ln) + "\n" for ln in lines),
+                         binary=False)
             self._started.add(run)
             return
         with open(self.metrics_path, "a") as f:

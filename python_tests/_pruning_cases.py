@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import random
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -14,6 +16,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from oneprune_ext import models
+from oneprune_ext.compact import prune_channels
+from oneprune_ext.cost import CostModel
 from oneprune_ext.groups import ChannelGroups
 
 
@@ -179,3 +183,25 @@ def slice_tensor(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> torch.Tensor
     for d, idx in dims.items():
         t = t.index_select(d, idx)
     return t
+
+
+@dataclass
+class PruneCheck:
+    dense_macs: int  # the cost model's dense MACs
+    predicted_macs: int  # the cost model's MACs for the kept counts
+    rel_error: float  # largest output difference / the masked model's largest output magnitude
+
+
+def prune_against_masked(model: nn.Module, x: torch.Tensor, groups: ChannelGroups,
+                         keep: dict[int, list[int]]) -> PruneCheck:
+    """Prune ``keep`` from ``model`` in place and compare its output with a copy of the dense model
+    whose removed channels are zeroed (``model`` should be in eval mode)."""
+    cost = CostModel(model, groups, x)
+    ref = copy.deepcopy(model)
+    zero_removed(ref, groups, keep)
+    predicted = cost.macs([len(keep[i]) for i in range(len(groups))])
+    prune_channels(model, groups, keep)
+    with torch.no_grad():
+        y, y_ref = model(x), ref(x)
+    scale = y_ref.abs().max().item() + 1e-6
+    return PruneCheck(cost.dense_macs, predicted, (y - y_ref).abs().max().item() / scale)

@@ -15,7 +15,6 @@ import os
 import stat
 import subprocess
 import sys
-from typing import Iterator
 
 import pytest
 import torch
@@ -33,12 +32,8 @@ RUN = ["--epochs", "3", "--width", "4", "--batch-size", "64", "--monitor-start",
        "--sl-end", "1", "--no-progress", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: on a loaded 2-core machine more threads only add contention
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _main(argv: list[str]) -> tuple[int, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterator
 
 import pytest
 import torch
@@ -24,12 +23,8 @@ from oneprune_ext.train import count_macs, count_params, evaluate, train
 EXAMPLE = torch.zeros(1, 1, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: on a loaded 2-core machine more threads only add contention
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pruner(model: torch.nn.Module, epochs: int, **kw) -> OneCyclePruner:

@@ -27,12 +27,8 @@ CONFIG = PrunerConfig(total_epochs=5, monitor_start=0, sl_start=1, sl_end=3, reg
 LR = 0.05
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: on a loaded 2-core machine more threads only add contention
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cnn(seed: int = 0) -> nn.Module:

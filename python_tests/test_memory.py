@@ -23,12 +23,8 @@ from oneprune_ext.train import train
 from _pruning_cases import build, kept_indices, random_keep, slice_tensor
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: on a loaded 2-core machine more threads only add contention
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def owns_exactly(t: torch.Tensor) -> bool:

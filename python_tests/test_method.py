@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -23,12 +23,8 @@ from oneprune_ext.train import evaluate, train
 X = torch.zeros(1, 1, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: on a loaded 2-core machine more threads only add contention
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_mlp(seed: int = 0) -> nn.Module:

@@ -30,13 +30,8 @@ OPTS = dict(total_epochs=8, monitor_start=1, sl_start=2, sl_end=3)
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: on a loaded 2-core machine more threads only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: on a loaded 2-core machine more threads only add contention
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mlp(seed: int = 0) -> nn.Module:
