@@ -41,21 +41,33 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 }
 
 
-def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
-    """The model (random init, random BN statistics) and an input batch."""
-    torch.manual_seed(seed)
-    builder, shape = CASES[name]
-    model = builder()
+def randomize_inits(model: nn.Module) -> None:
+    """Replace inits that would hide pruning mistakes: zero heads, tiny layer scales, identity
+    BN statistics and affine weights, unit LayerNorm weights."""
     with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2 and not bool(p.any()):  # e.g. the ViT head is zero-initialised
+        for n, p in model.named_parameters():
+            if p.dim() >= 2 and not bool(p.any()):  # zero-initialised heads (ViT)
                 p.normal_(0, 0.05)
+            elif p.dim() >= 1 and n.endswith("layer_scale"):
+                p.normal_(1.0, 0.2)  # 1e-6 at init would hide the residual branches
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.normal_(1, 0.2)
                 m.bias.normal_(0, 0.1)
+            elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+                m.weight.normal_(1, 0.2)
+                if m.bias is not None:
+                    m.bias.normal_(0, 0.1)
+
+
+def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """The model (random init, random BN statistics) and an input batch."""
+    torch.manual_seed(seed)
+    builder, shape = CASES[name]
+    model = builder()
+    randomize_inits(model)
     return model, torch.randn(*shape)
 
 

@@ -17,7 +17,7 @@ import torchvision
 
 from oneprune_ext.graph import TraceReport, UnsupportedOpWarning, trace_report
 
-from _pruning_cases import counted_macs, prune_against_masked
+from _pruning_cases import counted_macs, prune_against_masked, randomize_inits
 
 # family -> models (torchvision 0.29: all 80 classification builders)
 FAMILIES: dict[str, list[str]] = {
@@ -87,21 +87,7 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = torchvision.models.get_model(name, **kwargs)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if p.dim() >= 2 and not bool(p.any()):  # zero-initialised heads
-                p.normal_(0, 0.05)
-            elif p.dim() >= 1 and n.endswith("layer_scale"):
-                p.normal_(1.0, 0.2)  # 1e-6 at init would hide the residual branches
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.normal_(1, 0.2)
-                m.bias.normal_(0, 0.1)
-            elif isinstance(m, nn.LayerNorm) and m.weight is not None:
-                m.weight.normal_(1, 0.2)
-                m.bias.normal_(0, 0.1)
+    randomize_inits(model)
     return model.eval(), torch.randn(1 if name.startswith("maxvit") else 2, 3, size, size)
 
 
