@@ -11,7 +11,7 @@ Examples::
 Under ``torchrun`` each process trains one DistributedDataParallel replica (NCCL on
 ``cuda:LOCAL_RANK``, gloo on the CPU) on its shard of the data; ``--batch-size`` is the batch
 over all processes; every rank prunes the same channels at the same epoch; rank 0 prints and
-writes the checkpoint, ``--save`` and ``--json``; ``--resume`` works as in one process.
+writes the checkpoint, ``--save``, ``--json`` and ``--out``; ``--resume`` works as in one process.
 
 Every setting defaults to the data set's recipe (``PRESETS``), as the authors' scripts run it:
 
@@ -30,7 +30,8 @@ prints the resolved configuration as JSON and exits, so the recipe can be checke
 
 With ``--out DIR`` a run leaves ``DIR/report.json`` (config, per-epoch history, prune epoch,
 accuracies, dense and pruned MACs / parameters / channels per group, overhead, wall time),
-``DIR/metrics.jsonl`` (one line per epoch, written as it goes), ``DIR/model.pt`` and PNG plots
+``DIR/metrics.jsonl`` (one line per epoch, written as it goes), ``DIR/model.pt`` (and
+``DIR/dense_model.pt`` with ``--dense-baseline``) and PNG plots
 (:mod:`oneprune_ext.report`, :mod:`oneprune_ext.plots`).
 
 Other commands (``oneprune COMMAND --help``):
@@ -447,7 +448,7 @@ def run(args: argparse.Namespace) -> tuple[TrainResult, TrainResult | None, nn.M
     """Run the configured one-cycle training (and dense baseline); returns (pruned, dense, model).
 
     Under ``torchrun`` every process runs this (after :func:`_start_distributed`): each trains
-    a DDP replica on its shard; rank 0 writes the checkpoints and ``--save``.
+    a DDP replica on its shard; rank 0 writes the checkpoints, ``--save`` and ``--out``.
     """
     from .pruner import OneCyclePruner
 

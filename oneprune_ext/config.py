@@ -226,9 +226,9 @@ class PrunerConfig:
         one_of(REGULARIZERS), choices=REGULARIZERS)
     saliency_params: str = option(
         "published", "which weights count in the saliency, the cost share and the shrink: published = conv/"
-                     "linear rows and columns and BatchNorm weights (depthwise-conv and LayerNorm weights "
-                     "left out, as published); all = every coupled slice, depthwise-conv and LayerNorm "
-                     "weights included (only MobileNet/ConvNeXt-style models differ)",
+                     "linear rows and columns and BatchNorm weights (depthwise-conv, LayerNorm and layer-scale "
+                     "weights left out, as published); all = every coupled slice, depthwise-conv, "
+                     "LayerNorm and layer-scale weights included (only MobileNet/ConvNeXt-style models differ)",
         one_of(SALIENCY_PARAMS), choices=SALIENCY_PARAMS)
     reselect_at_prune: bool = option(
         False, "choose the sub-network once more at the end of the prune epoch, from the weights its "
