@@ -5,7 +5,7 @@ in the same run, finds and removes half of its MACs (whole channels); then it tr
 model of the same length and seed and prints the comparison table: accuracy, MACs,
 parameters, the epoch at which it pruned, the accuracy right before and right after the prune
 (the prune shock), the weight-norm share the removed channels still held, and the pruner's
-share of the training time.  About a minute and a half on a 2-core CPU; no download, no GPU.
+share of the training time.  About a minute on a 2-core CPU; no download, no GPU.
 
 The settings are the published CIFAR-10 recipe (SGD lr 0.1, momentum 0.9 Nesterov, weight
 decay 5e-4, lr x0.2 at 30/60/80/90 % of the run, regularizer shrink) with its 300-epoch

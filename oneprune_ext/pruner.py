@@ -104,8 +104,8 @@ each deliberate:
   step's update.
 * ``regularizer="group_lasso"`` / ``"both"`` and ``reg="auto"`` are this project's additions
   (the published penalty is computed under ``no_grad``, so only the shrink acts; SGD momentum
-  amplifies the lasso gradient about tenfold). ``saliency_params="all"`` counts depthwise-conv
-  and LayerNorm weights too (published: only conv/linear rows and columns and BatchNorm
+  amplifies the lasso gradient about tenfold). ``saliency_params="all"`` counts depthwise-conv,
+  LayerNorm and layer-scale weights too (published: only conv/linear rows and columns and BatchNorm
   weights count, the default).
 
 The recipes (``oneprune --print-config`` prints them resolved; :data:`oneprune_ext.cli.PRESETS`):
