@@ -33,3 +33,21 @@ def test_cuda_kernels_compiled_when_possible():
 def test_info_command_prints_build_info():
     out = subprocess.run([sys.executable, "-m", "oneprune_ext", "info"], capture_output=True, text=True, check=True)
     assert "cuda_compiled:" in out.stdout and "torch:" in out.stdout
+
+
+def test_source_distribution_holds_every_kernel_source(tmp_path):
+    """``pip install oneprune_ext-*.tar.gz`` compiles from the sdist alone: every file under
+    csrc/ (headers included) and the CMake build are in it."""
+    import tarfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=root, check=True,
+                   capture_output=True, env=dict(os.environ, ONEPRUNE_CUDA="0"))
+    (archive,) = tmp_path.glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    wanted = {p.relative_to(root).as_posix() for p in (root / "csrc").rglob("*")
+              if p.is_file() and "__pycache__" not in p.parts}
+    assert wanted - names == set(), f"missing from the sdist (MANIFEST.in): {sorted(wanted - names)}"
+    assert {"setup.py", "pyproject.toml", "CMakeLists.txt", "README.md"} <= names
