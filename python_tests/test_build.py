@@ -42,7 +42,11 @@ def test_source_distribution_holds_every_kernel_source(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=root, check=True,
+    # a copy without build outputs: setuptools would also take the file list of a stale *.egg-info
+    src = tmp_path / "src"
+    shutil.copytree(root, src, ignore=shutil.ignore_patterns(".*", "build*", "dist", "runs", "*.egg-info",
+                                                             "__pycache__", "*.so"))
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=src, check=True,
                    capture_output=True, env=dict(os.environ, ONEPRUNE_CUDA="0"))
     (archive,) = tmp_path.glob("*.tar.gz")
     with tarfile.open(archive) as tar:
