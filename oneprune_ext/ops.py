@@ -64,12 +64,12 @@ def _scalar(value: Scalar, device: torch.device, name: str) -> torch.Tensor:
     return torch.full((), float(value), dtype=torch.float32, device=device)
 
 
-def _mask(layout: "ChannelLayout", mask: torch.Tensor) -> torch.Tensor:
+def _mask(layout: "ChannelLayout", mask: torch.Tensor, op: str) -> torch.Tensor:
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        raise ValueError("mask must be a bool tensor with one entry per channel of the layout")
+        raise ValueError(f"{op}: mask must be a bool tensor with one entry per channel of the layout")
     if mask.shape != (layout.num_channels,):
         raise ValueError(
-            f"mask has shape {tuple(mask.shape)}, the layout has {layout.num_channels} channels"
+            f"{op}: mask has shape {tuple(mask.shape)}, the layout has {layout.num_channels} channels"
         )
     return mask.to(layout.device).contiguous()
 
@@ -110,7 +110,7 @@ def group_lasso_grad_(
     """
     frozen, grads, pending = layout._live(True)
     tensors = layout._params
-    m, r = _mask(layout, mask), _scalar(reg, layout.device, "reg")
+    m, r = _mask(layout, mask, "group_lasso_grad_"), _scalar(reg, layout.device, "group_lasso_grad_: reg")
     if not tensors:
         return torch.zeros((), dtype=torch.float32, device=layout.device)
     try:
@@ -137,7 +137,7 @@ def scale_channels_(layout: "ChannelLayout", mask: torch.Tensor, factor: Scalar)
     """
     frozen, _, _ = layout._live(False)
     tensors = layout._params
-    m, f = _mask(layout, mask), _scalar(factor, layout.device, "factor")
+    m, f = _mask(layout, mask, "scale_channels_"), _scalar(factor, layout.device, "scale_channels_: factor")
     if not tensors:
         return
     with torch.no_grad():

@@ -259,9 +259,9 @@ def test_non_finite_reg_and_factor_are_refused(bad):
     set_grads(model, 0)
     before = {n: (p.detach().clone(), p.grad.clone()) for n, p in model.named_parameters()}
     mask = torch.ones(layout.num_channels, dtype=torch.bool)
-    with pytest.raises(ValueError, match="reg must be"):
+    with pytest.raises(ValueError, match="group_lasso_grad_: reg must be"):
         ops.group_lasso_grad_(layout, mask, bad)
-    with pytest.raises(ValueError, match="factor must be"):
+    with pytest.raises(ValueError, match="scale_channels_: factor must be"):
         ops.scale_channels_(layout, mask, bad)
     for n, p in model.named_parameters():
         assert torch.equal(p.detach(), before[n][0]) and torch.equal(p.grad, before[n][1])
