@@ -515,7 +515,10 @@ def _resume(run: _Run, ckpt_path: str) -> None:
     _check_same_run(run, data, ckpt_path)
     if data["pruner"] is not None:
         assert run.pruner is not None  # guaranteed by the config check ("pruned_run")
-        run.pruner.load_state_dict(data["pruner"])  # reshapes the model if it was pruned
+        try:
+            run.pruner.load_state_dict(data["pruner"])  # reshapes the model if it was pruned
+        except ValueError as e:  # refused before anything changed: say which file
+            raise ValueError(f"resume from {ckpt_path}: {e}") from e
     run.model.load_state_dict(data["model"])
     run.optimizer.load_state_dict(data["optimizer"])
     run.scheduler.load_state_dict(data["scheduler"])
