@@ -256,11 +256,15 @@ def test_step_hooks_refuse_replaced_parameters(replace, hook: str) -> None:
 
 @pytest.fixture()
 def pruned_file(tmp_path) -> tuple[str, dict[str, Any]]:
+    return _write_pruned_digits(str(tmp_path / "pruned.pt"))
+
+
+def _write_pruned_digits(path: str) -> tuple[str, dict[str, Any]]:
+    """A digits_cnn with every other channel pruned, written by save_pruned to ``path``, and its contents."""
     torch.manual_seed(0)
     model = models.digits_cnn(width=4)
     groups = trace_groups(model, torch.randn(2, 1, 8, 8))
     prune_channels(model, groups, [list(range(0, g.size, 2)) for g in groups])
-    path = str(tmp_path / "pruned.pt")
     save_pruned(model, path)
     return path, files.read_checked(path, "oneprune_ext.pruned", (2,))
 
@@ -395,13 +399,8 @@ _SAVED: dict[str, Any] = {}
 def _saved_pruned_digits(tmp_dir) -> tuple[str, dict[str, Any]]:
     """A pruned digits_cnn written by save_pruned (once), and its contents."""
     if not _SAVED:
-        torch.manual_seed(0)
-        model = models.digits_cnn(width=4)
-        groups = trace_groups(model, torch.randn(2, 1, 8, 8))
-        prune_channels(model, groups, [list(range(0, g.size, 2)) for g in groups])
-        path = str(tmp_dir / "p.pt")
-        save_pruned(model, path)
-        _SAVED.update(path=path, data=files.read_checked(path, "oneprune_ext.pruned", (2,)))
+        path, data = _write_pruned_digits(str(tmp_dir / "p.pt"))
+        _SAVED.update(path=path, data=data)
     return _SAVED["path"], _SAVED["data"]
 
 
