@@ -33,12 +33,9 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
@@ -52,15 +49,9 @@ from oneprune_ext.compact import prune_channels
 from oneprune_ext.graph import trace_groups
 from oneprune_ext.saving import save_pruned
 
+import proc_memory
+
 INPUT = (2, 3, 64, 64)
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
 
 
 def _rss() -> int:
@@ -69,7 +60,7 @@ def _rss() -> int:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:  # not glibc
         pass
-    return _status("VmRSS")
+    return proc_memory.status("VmRSS")
 
 
 def _tensor_bytes(model: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
@@ -120,9 +111,8 @@ def _measure(which: str) -> dict[str, float]:
     out["tensor_mb_before"] = _tensor_bytes(model, opt) / 2**20
     out["file_mb_before"] = _file_bytes(lambda p: torch.save(model.state_dict(), p)) / 2**20
     out["rss_mb_before"] = _rss() / 2**20
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-    before = _status("VmRSS")
+    proc_memory.reset_peak()
+    before = proc_memory.status("VmRSS")
     if which == "ours":
         prune_channels(model, trace_groups(model, x[:1]), keep, opt)
     else:
@@ -130,7 +120,7 @@ def _measure(which: str) -> dict[str, float]:
             dg.get_pruning_group(m, fn, idxs=removed).prune()
         del dg, plan
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)  # momentum is lost
-    out["peak_growth_mb"] = (_status("VmHWM") - before) / 2**20
+    out["peak_growth_mb"] = (proc_memory.status("VmHWM") - before) / 2**20
     out["tensor_mb_after"] = _tensor_bytes(model, opt) / 2**20
     out["rss_mb_after"] = _rss() / 2**20
     out["file_mb_after"] = _file_bytes(
@@ -141,13 +131,10 @@ def _measure(which: str) -> dict[str, float]:
 
 
 def _measure_subprocess(which: str) -> dict[str, float]:
-    code = ("import json, sys; sys.path.insert(0, %r); import bench_memory as b; "
-            "print(json.dumps(b._measure(%r)))" % (os.path.dirname(os.path.abspath(__file__)), which))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return proc_memory.in_fresh_process("bench_memory", "_measure", which)
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+@pytest.mark.skipif(not proc_memory.AVAILABLE, reason="needs Linux /proc")
 def test_memory_report() -> None:
     pytest.importorskip("torch_pruning")
     ours, tp = _measure_subprocess("ours"), _measure_subprocess("tp")

@@ -23,11 +23,7 @@ benchmark-only dependency (skipped when it is not installed).
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -36,6 +32,8 @@ import torchvision
 
 from oneprune_ext.compact import prune_channels
 from oneprune_ext.graph import trace_groups
+
+import proc_memory
 
 tp = pytest.importorskip("torch_pruning")
 
@@ -145,14 +143,6 @@ def test_same_result() -> None:
 # peak memory, each in a fresh process
 # ---------------------------------------------------------------------------------
 
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
-
-
 def _measure(which: str) -> dict[str, float]:
     x = torch.randn(*INPUT)
     model = _model()
@@ -169,21 +159,17 @@ def _measure(which: str) -> dict[str, float]:
             _prune_tp(dg, plan)
     import gc
     gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-    before = _status("VmRSS")
+    proc_memory.reset_peak()
+    before = proc_memory.status("VmRSS")
     run()
-    peak = _status("VmHWM")
+    peak = proc_memory.status("VmHWM")
     return {"peak_delta_mb": (peak - before) / 2**20, "rss_before_mb": before / 2**20}
 
 
 def _measure_subprocess(which: str) -> dict[str, float] | None:
-    if not os.path.exists("/proc/self/clear_refs"):
+    if not proc_memory.AVAILABLE:
         return None
-    code = ("import json, sys; sys.path.insert(0, %r); import bench_prune as b; "
-            "print(json.dumps(b._measure(%r)))" % (os.path.dirname(os.path.abspath(__file__)), which))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return proc_memory.in_fresh_process("bench_prune", "_measure", which)
 
 
 def test_report() -> None:
