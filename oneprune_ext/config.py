@@ -86,8 +86,12 @@ def boolean(name: str, v: Any) -> bool:
     return v
 
 
+def _is_nonneg_real(v: Any) -> bool:
+    return _is_real(v) and math.isfinite(float(v)) and float(v) >= 0.0
+
+
 def _nonneg_real(name: str, v: Any) -> float:
-    if not _is_real(v) or not math.isfinite(float(v)) or float(v) < 0.0:
+    if not _is_nonneg_real(v):
         raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
     return float(v)
 
@@ -95,7 +99,7 @@ def _nonneg_real(name: str, v: Any) -> float:
 def _reg_or_auto(name: str, v: Any) -> Union[float, str]:
     if v == "auto":
         return "auto"
-    if not _is_real(v) or not math.isfinite(float(v)) or float(v) < 0.0:
+    if not _is_nonneg_real(v):
         raise ValueError(f"{name} must be a finite number >= 0 or 'auto', got {v!r}")
     return float(v)
 
