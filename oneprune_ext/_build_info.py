@@ -19,7 +19,7 @@ def build_info() -> dict[str, Any]:
     ``cuda_arch_list`` (archs compiled for), ``cuda_runtime`` (torch's CUDA version),
     ``cxx`` and ``nvcc`` (compiler versions), ``cuda_home``.
     """
-    from . import ops  # noqa: F401  (loads the extension)
+    from .kernels import ops  # noqa: F401  (loads the extension)
 
     path = os.path.join(os.path.dirname(__file__), "_build_info.json")
     recorded: dict[str, Any] = {}

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from oneprune_ext import PrunerConfig, models
-from oneprune_ext.pruner import OneCyclePruner
+from oneprune_ext.pruning.pruner import OneCyclePruner
 
 torch_gen = torch.Generator().manual_seed(0)
 X = torch.randn(32, 1, 8, 8, generator=torch_gen)

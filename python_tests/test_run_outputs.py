@@ -16,8 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from oneprune_ext import cli, plots, report
-from oneprune_ext.train import EpochRecord
+from oneprune_ext import cli
+
+from oneprune_ext.training import plots
+
+from oneprune_ext.training import report
+from oneprune_ext.training.trainer import EpochRecord
 
 EPOCHS = 6
 ROOT = Path(__file__).resolve().parents[1]
