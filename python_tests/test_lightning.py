@@ -72,6 +72,12 @@ class DigitsModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.epochs)}
 
 
+class EvaluatedDigits(DigitsModule):
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("acc", (self(x).argmax(1) == y).float().mean())
+
+
 def _loader() -> torch.utils.data.DataLoader:
     return digits_loaders(batch_size=128, seed=0)[0]
 
@@ -171,11 +177,10 @@ def test_resume_from_a_checkpoint_is_bit_identical(full_run, tmp_path, when: str
 
 def test_validate_a_pruned_checkpoint_on_a_fresh_dense_module(full_run, tmp_path) -> None:
     e = full_run["state"]["prune_epoch"]
-    module = DigitsModule()
+    module = EvaluatedDigits()
     pruning = OneCyclePruning(network="net", mirrors=["ema"], **OPTIONS)
     trainer = _trainer(tmp_path, [pruning], logger=False)
     val = digits_loaders(batch_size=128, seed=0)[1]
-    module.validation_step = lambda batch, i: module.log("acc", (module(batch[0]).argmax(1) == batch[1]).float().mean())
     trainer.validate(module, val, ckpt_path=str(full_run["tmp"] / "ckpt" / f"epoch={EPOCHS - 1}.ckpt"),
                      verbose=False)
     assert _same({k: v for k, v in module.state_dict().items()}, full_run["state"]["params"])

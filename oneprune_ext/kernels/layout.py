@@ -167,8 +167,9 @@ class ChannelLayout:
         """How the model's covered parameters differ from what the table was built for (one
         pass over them; nothing is changed)."""
         replaced, reshaped, reformatted, retyped, moved = [], [], [], [], []
+        current = dict(self.model.named_parameters())  # a replaced submodule shows here, not in its old dict
         for name, (pdict, attr, p), sig in zip(self.tensor_names, self._owners, self._signatures):
-            if pdict.get(attr) is not p:
+            if pdict.get(attr) is not p or current.get(name) is not p:
                 replaced.append(name)
                 continue
             shape, strides, dtype, device = _signature(p)
