@@ -280,11 +280,12 @@ def test_track_a_dense_copy_after_the_prune_cuts_it_at_once() -> None:
     from torch.optim.swa_utils import AveragedModel
 
     model, x = build("digits_cnn")
-    pruner = OneCyclePruner(model, x[:1], total_epochs=4, monitor_start=0, sl_start=0, sl_end=0, reg=0.1)
+    pruner = OneCyclePruner(model, x[:1], total_epochs=4, monitor_start=0, sl_start=0, sl_end=1, reg=0.1)
     dense_copy = AveragedModel(model)
     other = AveragedModel(build("mlp")[0])
-    pruner.epoch_start(0)
-    pruner.epoch_end(0)
+    for epoch in (0, 1):
+        pruner.epoch_start(epoch)
+        pruner.epoch_end(epoch)
     assert pruner.pruned
     twin = AveragedModel(model)  # made from the pruned model: tracked as it is
     assert pruner.track(twin) is twin

@@ -557,16 +557,19 @@ def prune_channels(
 
 
 def prune_to_kept(model: nn.Module, dense_groups: ChannelGroups, keep: Sequence[torch.Tensor],
-                  optimizer: Optional[torch.optim.Optimizer], layout: Any) -> ChannelGroups:
-    """Cut ``model`` (traced into ``dense_groups``) to the ``keep`` channels of each group and rebuild
-    the kernels' ``layout`` for it; returns the groups of the pruned model.
+                  optimizer: Optional[torch.optim.Optimizer], layout: Any,
+                  mirrors: Sequence[nn.Module] = ()) -> ChannelGroups:
+    """Cut ``model`` (traced into ``dense_groups``) and its ``mirrors`` (copies: EMA / SWA networks)
+    to the ``keep`` channels of each group and rebuild the kernels' ``layout`` for it (None: no
+    layout); returns the groups of the pruned model.
 
     The whole cut is validated before anything changes (see :func:`prune_channels`). Runs inside
     the profiler ranges ``oneprune::compaction`` and ``oneprune::layout_rebuild``.
     """
     cut = {gi: k for gi, k in enumerate(keep) if int(k.numel()) < dense_groups[gi].size}
     with torch.no_grad(), profiling.span("compaction"):
-        groups = prune_channels(model, dense_groups, cut, optimizer)
-    with profiling.span("layout_rebuild"):
-        layout.rebuild(groups)  # the dense cost model stays exact: it is a polynomial of kept counts
+        groups = prune_channels(model, dense_groups, cut, optimizer, mirrors=mirrors)
+    if layout is not None:
+        with profiling.span("layout_rebuild"):
+            layout.rebuild(groups)  # the dense cost model stays exact: it is a polynomial of kept counts
     return groups

@@ -9,16 +9,15 @@ mask and strengths on the model's device) describes the old tensors.
 
 The follower compares the parameters with the layout (:meth:`ChannelLayout.drift
 <oneprune_ext.kernels.layout.ChannelLayout.drift>`) at the epoch hooks, and in the step hooks only
-when a cheap sign says something changed (one device comparison per step; a changed memory format
-is caught by the kernels' own shape and stride check, which refuses before writing anything).
-Then it rebuilds the layout once and tells the pruner to move its device tensors, and the step
-runs again on the rebuilt layout. What it cannot follow (a parameter replaced by another object,
+when a cheap sign says something changed (the armed channels compare one parameter's device with
+theirs; a changed memory format is caught by the kernels' own shape and stride check, which
+refuses before writing anything: :class:`~oneprune_ext.pruning.regularizers.ArmedChannels`).
+Then it rebuilds the layout once, the pruner moves its device tensors, and the step runs again on
+the rebuilt layout. What it cannot follow (a parameter replaced by another object,
 or reshaped) is refused with a message that says what the user did and what to do.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from ..kernels.layout import ChannelLayout, LayoutDrift
 
@@ -39,7 +38,7 @@ def _refusal(drift: LayoutDrift) -> ValueError:
     name, built, now = drift.reshaped[0]
     more = f" (and {len(drift.reshaped) - 1} more)" if len(drift.reshaped) > 1 else ""
     return ValueError(
-        f"parameter '{name}'{more} changed shape from {list(built)} to {list(now)} behind the pruner (another "
+        f"parameter '{name}'{more} changed shape from {list(built)} to {list(now)} behind the pruner's back (another "
         "pruning tool, prune_channels, or weights of other shapes assigned to .data). Prune only through the "
         "pruner; on resume call pruner.load_state_dict(...) before model.load_state_dict(...) (it cuts the "
         "fresh dense model to the saved structure first); otherwise build a new pruner; nothing was changed")
@@ -78,7 +77,3 @@ class ModelFollower:
         self.rebuilds += 1
         return True
 
-    def moved(self, device: Any) -> bool:
-        """Cheap step-path sign: the model's first covered parameter is no longer on ``device``."""
-        params = self.layout._params
-        return bool(params) and params[0].device != device
