@@ -38,7 +38,8 @@ checkpoint saved after the prune holds pruned shapes. The callback wraps the mod
 load): the network and its mirrors are first cut to the saved structure, then the weights,
 optimizer and scheduler states load as saved, so the run continues exactly (bit-identical on the
 CPU to a run that was never interrupted). A checkpoint taken before the prune resumes the
-schedule where it stopped. ``trainer.validate`` / ``test`` / ``predict`` with a pruned checkpoint
+schedule where it stopped. (A checkpoint written inside an epoch, ``every_n_train_steps``, resumes
+without regularising the rest of that epoch, with a warning.) ``trainer.validate`` / ``test`` / ``predict`` with a pruned checkpoint
 work the same way (the structure comes from the checkpoint's own options).
 
 **Logged** at every epoch end (``on_epoch=True``; synchronised across ranks under DDP), with the
@@ -63,6 +64,7 @@ import torch.nn as nn
 try:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.utilities import rank_zero_warn
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
         "oneprune_ext.integrations.lightning needs Lightning: pip install 'oneprune_ext[lightning]' "
@@ -203,8 +205,14 @@ class OneCyclePruning(Callback):
             # the checkpoint was written between this epoch's last step and its epoch_end (a
             # ModelCheckpoint saving at validation end): finish that epoch first, as the run would have
             self._end_epoch(trainer, pl_module, open_epoch)
-        if pruner.open_epoch != epoch:  # (a mid-epoch checkpoint resumes its epoch already started)
+        if pruner.open_epoch != epoch:
             pruner.epoch_start(epoch)
+        else:  # resumed from a checkpoint written inside this epoch
+            rank_zero_warn(
+                f"OneCyclePruning: resumed inside epoch {epoch} (a checkpoint written mid-epoch); the pruner goes on "
+                "without regularising the rest of this epoch (it regularises again from the next one), so this run "
+                "will differ slightly from an uninterrupted one. Checkpoints written at epoch ends "
+                "(ModelCheckpoint's default) resume exactly.")
         self._overhead_mark = pruner.stats["total"]
 
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
