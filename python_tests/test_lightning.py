@@ -176,7 +176,6 @@ def test_resume_from_a_checkpoint_is_bit_identical(full_run, tmp_path, when: str
 
 
 def test_validate_a_pruned_checkpoint_on_a_fresh_dense_module(full_run, tmp_path) -> None:
-    e = full_run["state"]["prune_epoch"]
     module = EvaluatedDigits()
     pruning = OneCyclePruning(network="net", mirrors=["ema"], **OPTIONS)
     trainer = _trainer(tmp_path, [pruning], logger=False)
