@@ -209,6 +209,13 @@ def test_precision_plugins(tmp_path, precision: str) -> None:
         assert next(module.net.parameters()).dtype == torch.bfloat16
 
 
+def test_bad_arguments_are_refused_when_the_callback_is_made() -> None:
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['reduction_'\]"):
+        OneCyclePruning(reduction_=0.5)
+    with pytest.raises(TypeError, match="PrunerConfig"):
+        OneCyclePruning({"reduction": 0.5})  # type: ignore[arg-type]
+
+
 def test_ddp_two_processes_end_with_the_same_pruned_model(tmp_path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         [str(HERE.parent), str(HERE)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))

@@ -56,6 +56,7 @@ memory format by itself).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
@@ -134,6 +135,9 @@ class OneCyclePruning(Callback):
                  **options: Any) -> None:
         if config is not None and not isinstance(config, PrunerConfig):
             raise TypeError(f"OneCyclePruning: config must be a PrunerConfig, got {type(config).__name__}")
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(PrunerConfig)})
+        if unknown:
+            raise TypeError(f"OneCyclePruning: unknown option(s) {unknown}; the options are PrunerConfig's fields")
         if isinstance(mirrors, (str, bytes)) or callable(mirrors):
             mirrors = [mirrors]  # type: ignore[list-item]
         self.config = config
