@@ -245,6 +245,7 @@ def test_ema_accuracy_after_training_is_close_to_the_models(tracked_run, name: s
     run = tracked_run
     model_acc = evaluate(run["model"], run["test_loader"])
     ema_acc = evaluate(mirror_module(run["holders"][name]), run["test_loader"])
+    print(f"{name}: EMA {ema_acc:.1f} %, model {model_acc:.1f} %")
     assert model_acc > 90.0
     assert ema_acc >= model_acc - 3.0, (name, ema_acc, model_acc)
 
