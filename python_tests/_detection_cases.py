@@ -33,12 +33,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from oneprune_ext.graph import CostModel, TraceReport, trace_report
 from oneprune_ext.pruning import prune_channels
 
-from _pruning_cases import randomize_inits, zero_removed
+from _pruning_cases import randomize_inits, zero_removed  # noqa: F401  (re-exported for the tests)
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-_RCNN = dict(rpn_post_nms_top_n_test=50, rpn_nms_thresh=1.0, box_score_thresh=0.0, box_nms_thresh=1.0,
-             box_detections_per_img=4, rpn_post_nms_top_n_train=50, box_batch_size_per_image=32)
+RCNN_FIXED_COUNTS = dict(rpn_post_nms_top_n_test=50, rpn_nms_thresh=1.0, box_score_thresh=0.0,
+                         box_nms_thresh=1.0, box_detections_per_img=4, rpn_post_nms_top_n_train=50,
+                         box_batch_size_per_image=32)
+_RCNN = RCNN_FIXED_COUNTS
 _ONE_STAGE = dict(score_thresh=0.0, topk_candidates=50, detections_per_img=10)
 
 # name -> (torchvision builder name or ultralytics yaml, extra kwargs, image side)
@@ -220,6 +222,12 @@ def check(name: str, seed: int = 0) -> Outcome:
     """Trace, prune a random half of every group; the pruned model equals the masked dense
     model, its MACs equal the cost model's, and a train-mode backward runs."""
     model, inputs = build(name, seed)
+    return check_model(name, model, inputs, seed)
+
+
+def check_model(name: str, model: nn.Module, inputs: tuple, seed: int = 0) -> Outcome:
+    """:func:`check` on a model already built (``name``: a key of :data:`YOLO`, or any
+    torchvision detector name)."""
     report = trace_report(model, inputs)
     groups = report.groups
     cost = CostModel(model, groups, inputs)

@@ -38,7 +38,7 @@ import torch.nn as nn
 from torch import fx
 from torch.fx.node import map_arg
 
-from .capture import RecordedForward, module_state, record_forward
+from .capture import RecordedForward, is_leaf, module_state, record_forward
 from .groups import ChannelGroups
 from .propagation import OPAQUE, Call, ChannelInfo, FrozenPlace, ParamRef, Propagation, SizeRef, TMeta
 from .registry import function_entry, is_registered_leaf, method_entry, module_entry, size_attr_sites
@@ -180,7 +180,8 @@ def trace_graph(model: nn.Module, leaves: Iterable[nn.Module] = (), *,
     for _ in range(1 if whole else 1000):
         tracer = _Tracer(extra)
         try:
-            return tracer.trace(model), untraceable
+            with module_state(model):  # a forward caching on its modules would leave proxies there
+                return tracer.trace(model), untraceable
         except Exception as exc:  # noqa: BLE001 - re-raised below with context
             bad = tracer.failed
             if whole or bad is None or bad is model or bad in extra:
@@ -637,13 +638,15 @@ def _plain_forward_error(model: nn.Module, inputs: tuple) -> Exception | None:
     return None
 
 
-def _silent_modules(model: nn.Module, rec: RecordedForward) -> list[tuple[str, nn.Module]]:
+def _silent_modules(model: nn.Module, rec: RecordedForward,
+                    black_boxes: set[nn.Module]) -> list[tuple[str, nn.Module]]:
     """Modules holding parameters or buffers that neither ran (alone or inside a leaf that ran)
     nor had a tensor read directly by the recorded forward."""
     used = {n.target for n in rec.graph.nodes if n.op == "get_attr"}
-    covered: set[nn.Module] = set()
+    covered = set(rec.ran)
     for m in rec.ran:
-        covered.update(m.modules())
+        if m is not model and is_leaf(m, black_boxes):
+            covered.update(m.modules())  # a leaf may use its children's tensors without calling them
     out = []
     for name, m in model.named_modules():
         own = [f"{name}.{t}" if name else t for t, _ in (*m.named_parameters(recurse=False),
@@ -654,13 +657,22 @@ def _silent_modules(model: nn.Module, rec: RecordedForward) -> list[tuple[str, n
 
 
 def _record(model: nn.Module, inputs: tuple, black_boxes: set[nn.Module]) -> _Captured:
-    """Follow the executed forward (eval mode; then train mode too when some module did not run)."""
-    rec = record_forward(model, [(False, inputs)], black_boxes)
-    silent = _silent_modules(model, rec)
+    """Follow the executed forward (eval mode; then train mode too when some module did not run).
+
+    Sizes read from shapes are tracked; should the forward refuse them (code that insists on
+    plain ``int``), it is followed again with plain sizes (literal sizes: kept fixed where they
+    size a channel dim)."""
+    sizes = True
+    try:
+        rec = record_forward(model, [(False, inputs)], black_boxes)
+    except Exception:  # noqa: BLE001 - retried without tracked sizes; a real failure raises again
+        sizes = False
+        rec = record_forward(model, [(False, inputs)], black_boxes, sizes=False)
+    silent = _silent_modules(model, rec, black_boxes)
     note: list[tuple[str, str, str]] = []
     if silent:
         try:
-            rec = record_forward(model, [(False, inputs), (True, inputs)], black_boxes)
+            rec = record_forward(model, [(False, inputs), (True, inputs)], black_boxes, sizes=sizes)
         except Exception as e:  # noqa: BLE001 - e.g. a detector asking for targets in train mode
             why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             note = [(type(m).__name__, f"module '{name}'",
