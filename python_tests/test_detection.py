@@ -78,3 +78,15 @@ def test_yolov8n() -> None:
     assert [s.offset for s in c2f.slices if s.name == "model.2.cv1.conv.weight" and s.dim == 0] == [0, 16]
     # kept: the head's output convolutions (literal sizes in its reshapes) and the DFL
     assert all(n.startswith(("model.22.cv2", "model.22.cv3", "model.22.dfl")) for n in out.report.frozen_groups())
+
+
+def test_readme_detector_snippet(capsys) -> None:
+    """The README's detector example runs and prints what its comment says."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index("### Detectors, YOLO and other models"):]
+    start = section.index("```python") + len("```python")
+    code = section[start:section.index("```", start)]
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out.splitlines() == ["executed forward True"]
