@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 __all__ = ["PrunerConfig", "option", "TARGETS", "REGULARIZERS", "SALIENCY_PARAMS", "boolean", "int_at_least",
-           "real_in", "one_of"]
+           "real_in", "one_of", "is_int", "is_real", "config_with_options"]
 
 TARGETS = ("macs", "params")
 REGULARIZERS = ("shrink", "group_lasso", "both")
@@ -41,17 +41,19 @@ SALIENCY_PARAMS = ("published", "all")
 # Each takes (name, value) and returns the normalised value or raises ValueError naming the option.
 
 
-def _is_int(x: Any) -> bool:
+def is_int(x: Any) -> bool:
+    """An integer that is not a bool (``True`` is not an epoch or a count)."""
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def _is_real(x: Any) -> bool:
+def is_real(x: Any) -> bool:
+    """A real number that is not a bool."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def int_at_least(lo: int, unit: str = "epochs") -> Callable[[str, Any], int]:
     def check(name: str, v: Any) -> int:
-        if not _is_int(v):
+        if not is_int(v):
             raise ValueError(f"{name} must be an int ({unit}), got {v!r}")
         if v < lo:
             raise ValueError(f"{name} must be >= {lo}, got {v}")
@@ -61,7 +63,7 @@ def int_at_least(lo: int, unit: str = "epochs") -> Callable[[str, Any], int]:
 
 def real_in(lo: float, hi: float, lo_open: bool, hi_open: bool, what: str) -> Callable[[str, Any], float]:
     def check(name: str, v: Any) -> float:
-        ok = _is_real(v) and math.isfinite(float(v))
+        ok = is_real(v) and math.isfinite(float(v))
         if ok:
             f = float(v)
             ok = (f > lo if lo_open else f >= lo) and (f < hi if hi_open else f <= hi)
@@ -87,7 +89,7 @@ def boolean(name: str, v: Any) -> bool:
 
 
 def _is_nonneg_real(v: Any) -> bool:
-    return _is_real(v) and math.isfinite(float(v)) and float(v) >= 0.0
+    return is_real(v) and math.isfinite(float(v)) and float(v) >= 0.0
 
 
 def _nonneg_real(name: str, v: Any) -> float:
@@ -107,7 +109,7 @@ def _reg_or_auto(name: str, v: Any) -> Union[float, str]:
 def _epoch_or_auto(name: str, v: Any) -> Union[int, str]:
     if v == "auto":
         return "auto"
-    if not _is_int(v) or v < 0:
+    if not is_int(v) or v < 0:
         raise ValueError(f"{name} must be an int (0-based epoch) or 'auto', got {v!r}")
     return int(v)
 
@@ -115,7 +117,7 @@ def _epoch_or_auto(name: str, v: Any) -> Union[int, str]:
 def _optional_positive_int(name: str, v: Any) -> Optional[int]:
     if v is None:
         return None
-    if not _is_int(v) or v < 1:
+    if not is_int(v) or v < 1:
         raise ValueError(f"{name} must be a positive int or None, got {v!r}")
     return int(v)
 
@@ -357,3 +359,40 @@ class PrunerConfig:
     def describe(self) -> str:
         """One line: ``name=value`` for every option."""
         return ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+
+
+def config_with_options(model: Any, config: Optional[PrunerConfig], options: dict[str, Any]) -> PrunerConfig:
+    """The config of ``OneCyclePruner(model, x, config, **options)``: keywords override ``config``'s fields;
+    ``ignored_layers`` may name modules of ``model`` or be the modules themselves."""
+    if config is not None and not isinstance(config, PrunerConfig):
+        raise TypeError(f"OneCyclePruner: config must be a PrunerConfig, got {type(config).__name__} "
+                        "(pass options as keywords, or PrunerConfig(**options))")
+    known = {f.name for f in dataclasses.fields(PrunerConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"OneCyclePruner: unknown option(s) {unknown}; the options are {sorted(known)}")
+    if "ignored_layers" in options:
+        options = dict(options, ignored_layers=_layer_names(model, options["ignored_layers"]))
+    if config is not None:
+        return dataclasses.replace(config, **options)
+    if "total_epochs" not in options:
+        raise ValueError("OneCyclePruner: total_epochs is required (the length of the run, in epochs)")
+    return PrunerConfig(**options)
+
+
+def _layer_names(model: Any, layers: Any) -> tuple[str, ...]:
+    """Module names of ``layers`` (modules of ``model`` or names)."""
+    import torch.nn as nn
+
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    name_of = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for m in layers:
+        if isinstance(m, nn.Module):
+            if id(m) not in name_of:
+                raise ValueError(f"ignored_layers: {type(m).__name__} module is not part of the model")
+            out.append(name_of[id(m)])
+        else:
+            out.append(m)
+    return tuple(out)
