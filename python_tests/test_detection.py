@@ -90,3 +90,30 @@ def test_readme_detector_snippet(capsys) -> None:
     code = section[start:section.index("```", start)]
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out.splitlines() == ["executed forward True"]
+
+
+def test_pruner_in_a_detector_training_loop() -> None:
+    """OneCyclePruner on a Faster R-CNN trained the torchvision way (train mode, ``model(images,
+    targets)`` returning losses); traced in eval mode from the images alone."""
+    import oneprune_ext as op
+
+    model, inputs = _small_faster_rcnn()
+    model.train()
+    config = op.PrunerConfig(total_epochs=3, reduction=0.4, monitor_start=0, sl_start=1, sl_end=1, reg=1e-2)
+    with pytest.warns(op.UnsupportedOpWarning, match="roi_heads.box_predictor.cls_score"):
+        pruner = op.OneCyclePruner(model, inputs, config)  # the predictors' outputs are kept
+    assert all(m.training for m in model.modules())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    targets = dc.train_targets("fasterrcnn", inputs)
+    for epoch in range(3):
+        pruner.epoch_start(epoch)
+        for _ in range(2):
+            optimizer.zero_grad()
+            loss = sum(model(*inputs, targets).values())
+            loss.backward()
+            pruner.before_step()
+            optimizer.step()
+            pruner.after_step(0.01)
+        pruner.epoch_end(epoch, optimizer)
+    assert pruner.pruned and torch.isfinite(loss)
+    assert pruner.macs() == dc.counted_macs(model, inputs) <= 0.6 * pruner.facts.dense_macs + 1
