@@ -91,6 +91,7 @@ _REFLECTED = {
     "__rxor__": operator.xor, "__rlshift__": operator.lshift, "__rrshift__": operator.rshift,
 }
 _UNARY = {"__neg__": operator.neg, "__pos__": operator.pos, "__abs__": operator.abs, "__invert__": operator.invert}
+_FLAGS_ONLY = {"requires_grad_", "share_memory_", "retain_grad_"}  # in place, but no value changes
 _MUTATING = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
              operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift,
              operator.irshift}
@@ -405,7 +406,7 @@ class _Recorder(TorchFunctionMode):
         if not args or not isinstance(args[0], torch.Tensor):
             return None
         if op == "call_method" and target.endswith("_") and not target.endswith("__"):
-            return args[0]
+            return None if target in _FLAGS_ONLY else args[0]
         if op == "call_function" and target in _MUTATING:
             return args[0]
         return None
