@@ -12,11 +12,16 @@ element-wise products, gates and concats along other dims join channels; grouped
 convolutions and attention heads make the same within-group positions go together.  The
 sets left unconstrained become :class:`~oneprune_ext.graph.groups.ChannelGroup` objects.
 
+A model ``torch.fx`` cannot trace whole (data-dependent control flow, loops over list inputs:
+torchvision's detectors, ultralytics' YOLO) is run once on the example inputs instead, and its
+executed forward recorded as the same kind of graph (:mod:`oneprune_ext.graph.capture`, chosen
+by :func:`capture_graph`; :attr:`TraceReport.capture` says which was used).  The rest is the same.
+
 What the tracer cannot understand is **kept fixed**, never pruned wrongly: an op or module
 type without a registry entry, channel shuffles and reshapes that split the channel dim,
 reshapes / views / expands giving the channel dim a literal size (``x.view(n, 8*7*7)``: it
-would not follow a prune), recurrent layers, and submodules ``torch.fx`` cannot trace
-(data-dependent control flow or shapes), which become black boxes.  All such places are
+would not follow a prune), recurrent layers, and branches taken on values computed from
+prunable channels (in an executed forward).  All such places are
 collected into one :class:`TraceReport`; with ``on_unsupported="freeze"`` (the default) one
 warning lists them all, with ``"error"`` one :class:`UnsupportedOpError` does.
 
@@ -781,9 +786,10 @@ def trace_groups(
 
     Raises:
         UnsupportedOpError: with ``on_unsupported="error"``, when some prunable channels
-            had to be kept fixed (the message lists every place); or when ``torch.fx``
-            cannot trace the model's own ``forward``.
-        ValueError: a bad option or an ``ignored_layers`` entry that is not a submodule.
+            had to be kept fixed (the message lists every place).  A model ``torch.fx`` cannot
+            trace is followed through its executed forward instead, never an error.
+        ValueError: a bad option, an ``ignored_layers`` entry that is not a submodule, or
+            example inputs the model's forward fails on.
     """
     ignored_layers = list(ignored_layers)
     _validate(model, ignored_layers, on_unsupported, saliency_params)
