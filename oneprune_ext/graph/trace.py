@@ -768,7 +768,9 @@ def trace_groups(
     Args:
         model: the network (not modified; its train/eval flags are restored).
         example_inputs: a tensor, or a tuple of positional inputs, for one forward pass
-            (small is fine: only shapes are used, e.g. one 32x32 image).
+            (small is fine: only shapes are used, e.g. one 32x32 image; a torchvision
+            detector takes ``(images,)``, a list of ``[3, H, W]`` tensors).  The forward runs
+            in eval mode.
         ignored_layers: modules whose output channels must never be pruned (see the
             module docstring for containers and custom modules).
         on_unsupported: what to do where the tracer does not understand how channels are
