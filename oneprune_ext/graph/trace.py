@@ -186,7 +186,13 @@ def trace_graph(model: nn.Module, leaves: Iterable[nn.Module] = (), *,
         tracer = _Tracer(extra)
         try:
             with module_state(model):  # a forward caching on its modules would leave proxies there
-                return tracer.trace(model), untraceable
+                graph = tracer.trace(model)
+                # tensor constants fx stores on the root module (the graph reads them back)
+                consts = {n.target: getattr(model, n.target) for n in graph.nodes
+                          if n.op == "get_attr" and str(n.target).startswith("_tensor_constant")}
+            for name, value in consts.items():
+                setattr(model, name, value)
+            return graph, untraceable
         except Exception as exc:  # noqa: BLE001 - re-raised below with context
             bad = tracer.failed
             if whole or bad is None or bad is model or bad in extra:
