@@ -19,7 +19,8 @@ from oneprune_ext.pruning.config import PrunerConfig
 from oneprune_ext.training.data import digits_loaders
 from oneprune_ext.pruning.pruner import OneCyclePruner
 from oneprune_ext.pruning.stability import StabilityTracker
-from oneprune_ext.pruning.sparsity import PUBLISHED_CIFAR, ShrinkCurve, published_shrink_curve, schedule_shrink
+from oneprune_ext.pruning.recipes import CIFAR10
+from oneprune_ext.pruning.sparsity import ShrinkCurve, published_shrink_curve, schedule_shrink
 from oneprune_ext.training.trainer import evaluate, train
 
 X = torch.zeros(1, 1, 8, 8)
@@ -120,7 +121,7 @@ def test_reg_auto_or_a_number() -> None:
 
 def test_published_curve() -> None:
     ends = published_shrink_curve()
-    assert len(ends) == PUBLISHED_CIFAR["sl_end"] - PUBLISHED_CIFAR["sl_start"] + 1 == 81
+    assert len(ends) == CIFAR10.sl_end - CIFAR10.sl_start + 1 == 81
     # 391 steps x (reg 1e-4 .. 60e-4 at lr 0.1, then 61e-4 .. 81e-4 at lr 0.02)
     assert ends[-1] == pytest.approx(391 * (0.1 * 1e-4 * 1830 + 0.02 * 1e-4 * 1491))
     assert 8.2 < ends[-1] < 8.4

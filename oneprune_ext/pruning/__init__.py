@@ -4,6 +4,7 @@ Imports only from :mod:`oneprune_ext.graph` and :mod:`oneprune_ext.kernels`. The
 
 * :mod:`.pruner` -- :class:`OneCyclePruner`, the facade: the four hooks a training loop calls;
 * :mod:`.config` -- :class:`PrunerConfig`, every option in one validated object;
+* :mod:`.recipes` -- the published CIFAR-10 and ImageNet recipes (the options' defaults come from there);
 * :mod:`.facts` -- the dense model's channel groups and exact costs (traced once);
 * :mod:`.schedule` -- the phases, ``reg(t)``, when to prune, the hook order;
 * :mod:`.saliency` -- the saliency strategies (``saliency_params``);
@@ -113,12 +114,8 @@ each deliberate:
   LayerNorm and layer-scale weights too (published: only conv/linear rows and columns and BatchNorm
   weights count, the default).
 
-The recipes (``oneprune --print-config`` prints them resolved; :data:`oneprune_ext.cli.train.PRESETS`):
-CIFAR-10: 300 epochs, batch 128, SGD momentum 0.9 Nesterov, weight decay 5e-4, lr 0.1 x0.2 at
-30/60/80/90 %, ``monitor_start`` 2, ``sl_start`` 30, ``sl_end`` 110, ``reg`` 1e-4 + 1e-4 per
-epoch, ``layer_limit`` 0.75. ImageNet: 130 epochs, batch 256, SGD momentum 0.9 without Nesterov,
-weight decay 1e-4, cosine lr from 0.1 stepped per iteration, ``monitor_start`` 2, ``sl_start``
-``"auto"``, ``sl_end`` 50, ``reg`` 1e-4 + 1e-4 every 2 epochs, ``reselect_at_prune``.
+The published recipes (CIFAR-10 and ImageNet, every number once): :mod:`oneprune_ext.pruning.recipes`;
+``oneprune --print-config`` prints the one a command line resolves to.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ command line parses it. Adding an option means adding one field here; the pruner
 from ``pruner.config``, the CLI gets a ``--flag`` for it and checkpoints record it.
 
 Epochs are 0-based epoch indices of one run of ``total_epochs`` epochs; ``reduction`` is the
-fraction of the dense MACs (or parameters) removed.
+fraction of the dense MACs (or parameters) removed. The defaults are the published CIFAR-10
+recipe's pruning settings (:data:`oneprune_ext.pruning.recipes.CIFAR10`).
 
 Adding an option, e.g. a switch::
 
@@ -28,6 +29,8 @@ import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+from .recipes import CIFAR10
 
 __all__ = ["PrunerConfig", "option", "TARGETS", "REGULARIZERS", "SALIENCY_PARAMS", "boolean", "int_at_least",
            "real_in", "one_of", "is_int", "is_real", "config_with_options"]
@@ -204,51 +207,51 @@ class PrunerConfig:
         0.5, "fraction of the dense model's MACs (or parameters) to remove, in (0, 1)",
         real_in(0.0, 1.0, True, True, "0.5 = half removed"), metavar="FRACTION")
     monitor_start: int = option(
-        2, "0-based epoch at which the sub-network search and stability monitoring start", int_at_least(0),
+        CIFAR10.monitor_start, "0-based epoch at which the sub-network search and stability monitoring start", int_at_least(0),
         metavar="EPOCH")
     sl_start: Union[int, str] = option(
-        30, "0-based epoch at which sparsity learning starts (>= monitor_start), or 'auto' (the first "
+        CIFAR10.sl_start, "0-based epoch at which sparsity learning starts (>= monitor_start), or 'auto' (the first "
             "plateau of the stability indicator after epoch 3)", _epoch_or_auto,
         parse=_cli_epoch_or_auto, metavar="EPOCH|auto")
     sl_end: int = option(
-        110, "0-based epoch by whose end the model is pruned at the latest, if it was not stable before "
+        CIFAR10.sl_end, "0-based epoch by whose end the model is pruned at the latest, if it was not stable before "
              "(monitor_start < sl_end < total_epochs)", int_at_least(0), metavar="EPOCH")
     reg: Union[float, str] = option(
-        1e-4, "regularisation strength at the start of sparsity learning (>= 0), growing by reg_delta every "
+        CIFAR10.reg, "regularisation strength at the start of sparsity learning (>= 0), growing by reg_delta every "
               "reg_interval epochs; or 'auto': shrink the channels chosen for removal along the published "
               "CIFAR-10 curve (sum of reg*lr over the steps about 8.3 by sl_end, a factor of about 2.4e-4) "
               "whatever the number of epochs, steps per epoch and lr (reg_delta and reg_interval unused)",
         _reg_or_auto, parse=_cli_reg_or_auto, metavar="REG|auto")
     reg_delta: float = option(
-        1e-4, "added to the regularisation strength every reg_interval epochs (>= 0)", _nonneg_real)
+        CIFAR10.reg_delta, "added to the regularisation strength every reg_interval epochs (>= 0)", _nonneg_real)
     reg_interval: int = option(
-        1, "epochs between increases of the regularisation strength (1 for CIFAR, 2 for ImageNet as "
+        CIFAR10.reg_interval, "epochs between increases of the regularisation strength (1 for CIFAR, 2 for ImageNet as "
            "published)", int_at_least(1), metavar="EPOCHS")
     regularizer: str = option(
-        "shrink", "shrink: scale the channels chosen for removal by (1 - reg*lr) after each optimizer step "
+        CIFAR10.regularizer, "shrink: scale the channels chosen for removal by (1 - reg*lr) after each optimizer step "
                   "(what produced the published numbers: the published penalty term is computed under "
                   "no_grad); group_lasso: add the gradient of the penalty reg*sum_c ||g_c|| the paper "
                   "describes (this project's extension; SGD momentum amplifies it about tenfold); both",
         one_of(REGULARIZERS), choices=REGULARIZERS)
     saliency_params: str = option(
-        "published", "which weights count in the saliency, the cost share and the shrink: published = conv/"
+        CIFAR10.saliency_params, "which weights count in the saliency, the cost share and the shrink: published = conv/"
                      "linear rows and columns and BatchNorm weights (depthwise-conv, LayerNorm and layer-scale "
                      "weights left out, as published); all = every coupled slice, depthwise-conv, "
                      "LayerNorm and layer-scale weights included (only MobileNet/ConvNeXt-style models differ)",
         one_of(SALIENCY_PARAMS), choices=SALIENCY_PARAMS)
     reselect_at_prune: bool = option(
-        False, "choose the sub-network once more at the end of the prune epoch, from the weights its "
+        CIFAR10.reselect_at_prune, "choose the sub-network once more at the end of the prune epoch, from the weights its "
                "training left, instead of pruning the one chosen at its start (the published ImageNet loop)",
         boolean)
     stability_threshold: float = option(
-        0.999, "prune when the stability indicator (mean Jaccard similarity of recent sub-networks, "
+        CIFAR10.stability_threshold, "prune when the stability indicator (mean Jaccard similarity of recent sub-networks, "
                "0..1) reaches this, in (0, 1]", real_in(0.0, 1.0, True, False, "an indicator value"),
         metavar="PSI")
     layer_limit: float = option(
-        0.75, "at most this fraction of a layer's C channels may be removed (times 1 - exp(-k*C)), in [0, 1]",
+        CIFAR10.layer_limit, "at most this fraction of a layer's C channels may be removed (times 1 - exp(-k*C)), in [0, 1]",
         real_in(0.0, 1.0, False, False, "fraction of a group removable"), metavar="FRACTION")
     layer_limit_k: float = option(
-        1.0, "k of the layer limit above (> 0)", real_in(0.0, math.inf, True, True, "> 0"), metavar="K")
+        CIFAR10.layer_limit_k, "k of the layer limit above (> 0)", real_in(0.0, math.inf, True, True, "> 0"), metavar="K")
     round_to: Optional[int] = option(
         None, "keep channel counts multiples of this (none: no rounding)", _optional_positive_int,
         parse=_cli_number(int, int_at_least(1, "channels")), metavar="N")

@@ -51,7 +51,7 @@ from typing import Any, Callable, Optional, TypeVar
 import torch
 from torch.autograd.profiler import record_function
 
-__all__ = ["RANGE_PREFIX", "profiler_active", "span", "spanned", "hook", "HookClock", "DeviceClock"]
+__all__ = ["RANGE_PREFIX", "profiler_active", "span", "spanned", "hook", "timed", "HookClock", "DeviceClock"]
 
 #: Every range the pruner opens is named ``RANGE_PREFIX + <what>``.
 RANGE_PREFIX = "oneprune::"
@@ -86,6 +86,29 @@ def spanned(what: str) -> Callable[[_F], _F]:
     return deco
 
 
+_RANGES = ("profiler", "never", "always")
+
+
+def _call_timed(clock: "HookClock", what: str, name: str, ranges: str, fn: Callable[..., Any],
+                args: tuple, kwargs: dict) -> Any:
+    """``fn(*args, **kwargs)`` with its host seconds (and, on CUDA, an event pair) into ``clock[what]``,
+    inside the range ``name`` as ``ranges`` says."""
+    rf = None
+    if ranges == "always" or (ranges == "profiler" and _profiler_enabled()):
+        rf = record_function(name)
+        rf.__enter__()
+    token = clock.device.start() if clock.on_cuda() else None
+    t0 = time.perf_counter()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        clock.host[what] += time.perf_counter() - t0
+        if token is not None:
+            clock.device.stop(what, token)
+        if rf is not None:
+            rf.__exit__(None, None, None)
+
+
 def hook(what: str, ranges: str = "profiler") -> Callable[[_F], _F]:
     """Decorator of a pruner hook method: all of a hook's timing, and its profiler range.
 
@@ -95,30 +118,29 @@ def hook(what: str, ranges: str = "profiler") -> Callable[[_F], _F]:
     ``"never"`` / ``"always"`` never / unconditionally (``benchmarks/bench_ranges.py`` compares the
     three). The undecorated method stays reachable as ``__wrapped__``.
     """
-    if ranges not in ("profiler", "never", "always"):
-        raise ValueError(f"hook: ranges must be 'profiler', 'never' or 'always', got {ranges!r}")
+    if ranges not in _RANGES:
+        raise ValueError(f"hook: ranges must be one of {_RANGES}, got {ranges!r}")
     name = RANGE_PREFIX + what
 
     def deco(fn: _F) -> _F:
         @functools.wraps(fn)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            clock: HookClock = self._clock
-            rf = None
-            if ranges == "always" or (ranges == "profiler" and _profiler_enabled()):
-                rf = record_function(name)
-                rf.__enter__()
-            token = clock.device.start() if clock.on_cuda() else None
-            t0 = time.perf_counter()
-            try:
-                return fn(self, *args, **kwargs)
-            finally:
-                clock.host[what] += time.perf_counter() - t0
-                if token is not None:
-                    clock.device.stop(what, token)
-                if rf is not None:
-                    rf.__exit__(None, None, None)
+            return _call_timed(self._clock, what, name, ranges, fn, (self, *args), kwargs)
         return wrapper  # type: ignore[return-value]
     return deco
+
+
+def timed(fn: Callable[..., Any], clock: "HookClock", what: str, ranges: str = "never") -> Callable[..., Any]:
+    """``fn`` timed into ``clock`` under ``what``, the way :func:`hook` times a pruner hook (used by
+    ``oneprune profile`` for the per-layer loop it compares the hooks with)."""
+    if ranges not in _RANGES:
+        raise ValueError(f"timed: ranges must be one of {_RANGES}, got {ranges!r}")
+    name = RANGE_PREFIX + what
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return _call_timed(clock, what, name, ranges, fn, args, kwargs)
+    return wrapper
 
 
 class HookClock:

@@ -13,7 +13,8 @@ that are already nearly zero. The same ``reg`` numbers on a short schedule shrin
 x 9 epochs of the digits demo: ``S = 0.012``, a factor 0.99), and the prune becomes a blind cut.
 
 A fixed ``reg`` (:class:`ScheduledReg`) gives every step of epoch ``t`` the strength
-:func:`~oneprune_ext.pruning.schedule.scheduled_reg` ``(t)``. ``reg="auto"`` (:class:`AutoShrink`) keeps ``S`` on the published curve whatever the number of
+:func:`~oneprune_ext.pruning.schedule.scheduled_reg` ``(t)``. ``reg="auto"`` (:class:`AutoShrink`)
+keeps ``S`` on the published curve (:data:`~oneprune_ext.pruning.recipes.CIFAR10`) whatever the number of
 epochs, steps per epoch and learning rate: at each sparsity-learning epoch it plans the share of the
 curve that epoch covers, spreads it evenly over the epoch's steps (the step count of the previous
 epoch, counted by the pruner), and gives every step its ``reg * lr``. Anything the plan could not
@@ -24,23 +25,15 @@ arithmetic on Python floats: no device work, no synchronisation.
 
 from __future__ import annotations
 
-import bisect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Protocol
 
+from .recipes import CIFAR10
 from .schedule import Schedule, scheduled_reg
 
-__all__ = ["PUBLISHED_CIFAR", "ShrinkCurve", "Strength", "ScheduledReg", "AutoShrink", "strength_for",
+__all__ = ["ShrinkCurve", "Strength", "ScheduledReg", "AutoShrink", "strength_for",
            "published_shrink_curve", "schedule_shrink"]
-
-#: The published CIFAR-10 recipe that ``reg="auto"`` follows (batch 128 on 50,000 images: 391 steps
-#: per epoch; lr 0.1, x0.2 at 30/60/80/90 % of 300 epochs; reg 1e-4 + 1e-4 per epoch from sl_start
-#: 30 to sl_end 110, as this project schedules it: sparsity learning from sl_start with reg0).
-PUBLISHED_CIFAR: Mapping[str, Any] = {
-    "total_epochs": 300, "steps_per_epoch": 391, "lr": 0.1, "milestones": (0.3, 0.6, 0.8, 0.9), "gamma": 0.2,
-    "sl_start": 30, "sl_end": 110, "reg": 1e-4, "reg_delta": 1e-4, "reg_interval": 1,
-}
 
 
 def schedule_shrink(
@@ -62,15 +55,12 @@ def schedule_shrink(
 
 
 def published_shrink_curve() -> list[float]:
-    """``S`` at the end of each of the 81 sparsity-learning epochs of the published CIFAR-10 recipe."""
-    p = PUBLISHED_CIFAR
-    steps = sorted(max(1, int(round(m * p["total_epochs"]))) for m in p["milestones"])
-
-    def lr_at(t: int) -> float:
-        return p["lr"] * p["gamma"] ** bisect.bisect_right(steps, t)
-
-    return schedule_shrink(sl_start=p["sl_start"], sl_end=p["sl_end"], steps_per_epoch=p["steps_per_epoch"],
-                           lr_at=lr_at, reg=p["reg"], reg_delta=p["reg_delta"], reg_interval=p["reg_interval"])
+    """``S`` at the end of each of the 81 sparsity-learning epochs of the published CIFAR-10 recipe
+    (:data:`~oneprune_ext.pruning.recipes.CIFAR10`: 391 steps per epoch, its step schedule, ``reg``
+    1e-4 + 1e-4 per epoch from ``sl_start`` 30 to ``sl_end`` 110, as this project schedules it)."""
+    r = CIFAR10
+    return schedule_shrink(sl_start=int(r.sl_start), sl_end=r.sl_end, steps_per_epoch=r.steps_per_epoch,
+                           lr_at=r.lr_at, reg=r.reg, reg_delta=r.reg_delta, reg_interval=r.reg_interval)
 
 
 @dataclass(frozen=True)
@@ -110,8 +100,8 @@ class ShrinkCurve:
 
 
 #: Steps per epoch assumed for an epoch whose length is not known yet (nothing counted before it);
-#: what that epoch leaves undone is carried into the next one.
-DEFAULT_STEPS_PER_EPOCH = 391
+#: what that epoch leaves undone is carried into the next one (the published CIFAR-10 epoch's 391).
+DEFAULT_STEPS_PER_EPOCH = CIFAR10.steps_per_epoch
 
 
 class Strength(Protocol):
