@@ -61,7 +61,8 @@ def ours(name: str) -> dict[str, Any]:
     prune_channels(model, report.groups, keep)
     t4 = time.perf_counter()
     with torch.no_grad():
-        err = dc.output_error(model(*inputs), ref(*inputs), dc.shape_only(name))
+        err = dc.output_error(dc.compared_outputs(name, model, inputs), dc.compared_outputs(name, ref, inputs),
+                              dc.shape_only(name))
     counted = dc.counted_macs(model, inputs)
     try:
         dc.backward(name, model, inputs)
