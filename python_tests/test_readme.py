@@ -52,7 +52,8 @@ def test_readme_loop_runs_and_prunes(index: int) -> None:
 
 # Python blocks run by another test, found by a string the block contains.
 RUN_ELSEWHERE = {
-    "op.trace_report(": "test_torchvision.py::test_readme_coverage_snippet (checks what it prints)",
+    "op.trace_report(": "test_torchvision.py::test_readme_coverage_snippet and "
+                        "test_detection.py::test_readme_detector_snippet (check what they print)",
     "process_group=": "test_ddp.py (the DDP loop under torchrun)",
 }
 
