@@ -16,7 +16,7 @@ and the bookkeeping alike: a ratio that does not depend on how busy the other co
   - ``shrink``: the shrink of the chosen channels (after it);
   - ``both``: the two;
 
-  each by the fused ops (:mod:`oneprune_ext.ops`), by the published method's per-layer loop
+  each by the fused ops (:mod:`oneprune_ext.kernels.ops`), by the published method's per-layer loop
   (``per_layer_loop.py``: per group, per coupled slice, indexed ops), and, for the gradient
   regularizer, by Torch-Pruning's ``GroupNormPruner.regularize`` (its group-norm gradient
   regularizer over every group of the same model; skipped when Torch-Pruning is missing).
@@ -35,7 +35,7 @@ import pytest
 import torch
 
 from oneprune_ext import ops
-from oneprune_ext.models import resnet56
+from oneprune_ext.training.models import resnet56
 
 import workloads
 from per_layer_loop import LR, REG, per_layer_lasso, per_layer_shrink

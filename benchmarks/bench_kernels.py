@@ -5,7 +5,7 @@ Run (writes the ratio table to stdout and, with --benchmark-json, the raw number
     .venv/bin/python -m pytest benchmarks/bench_kernels.py -q -s
 
 Parameter sets: torchvision ResNet-50 (ImageNet shapes), the CIFAR ResNet-56 of
-``oneprune_ext.models`` and torchvision MobileNetV2, random init, fp32, their channel
+``oneprune_ext.training.models`` and torchvision MobileNetV2, random init, fp32, their channel
 groups from ``trace_groups``. On a GPU (``cuda`` parametrization) the same on the device.
 
 Each round times one training step's pruning bookkeeping, with half of all channels
@@ -17,8 +17,8 @@ chosen for removal:
 
 Three implementations, side by side in one run:
 
-* ``fused``: :mod:`oneprune_ext.ops` (a fixed number of launches per op for the whole model);
-* ``reference``: :mod:`oneprune_ext.reference` (vectorised per slice, pure PyTorch);
+* ``fused``: :mod:`oneprune_ext.kernels.ops` (a fixed number of launches per op for the whole model);
+* ``reference``: :mod:`oneprune_ext.kernels.reference` (vectorised per slice, pure PyTorch);
 * ``per_layer``: the published method's loop, re-implemented faithfully: per group, per
   coupled slice, ``index_select`` the chosen channels, reduce, and write back with
   indexed ops (as OCSPruner / Torch-Pruning's group regularizers do).

@@ -44,10 +44,10 @@ import pytest
 import torch
 import torchvision
 
-from oneprune_ext import compact
-from oneprune_ext.compact import prune_channels
-from oneprune_ext.graph import trace_groups
-from oneprune_ext.saving import save_pruned
+from oneprune_ext.pruning import compaction as compact
+from oneprune_ext.pruning.compaction import prune_channels
+from oneprune_ext.graph.trace import trace_groups
+from oneprune_ext.storage.saving import save_pruned
 
 import proc_memory
 

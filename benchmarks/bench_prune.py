@@ -30,8 +30,8 @@ import pytest
 import torch
 import torchvision
 
-from oneprune_ext.compact import prune_channels
-from oneprune_ext.graph import trace_groups
+from oneprune_ext.pruning.compaction import prune_channels
+from oneprune_ext.graph.trace import trace_groups
 
 import proc_memory
 

@@ -4,7 +4,7 @@ Run (part of ``make bench``; prints the table last)::
 
     .venv/bin/python -m pytest benchmarks/bench_ranges.py -q -s
 
-On the CIFAR ResNet-56 of :mod:`oneprune_ext.models` (CPU), with the pruner in the monitoring
+On the CIFAR ResNet-56 of :mod:`oneprune_ext.training.models` (CPU), with the pruner in the monitoring
 phase, where the step hooks have no kernel to launch and their cost is all bookkeeping, each
 round times 1000 calls of ``before_step()`` + ``after_step(lr)``:
 
@@ -24,8 +24,10 @@ import pytest
 import torch
 from torch.profiler import record_function
 
-from oneprune_ext import OneCyclePruner, profiling
-from oneprune_ext.models import resnet56
+from oneprune_ext import OneCyclePruner
+
+from oneprune_ext.pruning import profiling
+from oneprune_ext.training.models import resnet56
 
 CALLS = 1000
 _pruner: dict[str, Any] = {}

@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python_tests")
 
 import workloads  # noqa: E402
 from oneprune_ext import ChannelLayout, OneCyclePruner, ops, prune_channels, trace_groups  # noqa: E402
-from oneprune_ext.models import resnet56  # noqa: E402
+from oneprune_ext.training.models import resnet56  # noqa: E402
 from per_layer_loop import LR, REG, per_layer_lasso, per_layer_shrink  # noqa: E402
 
 TARGETS = {"norms_pct_of_copy": 60.0, "resnet56_pct_of_step": 1.0, "resnet50_pct_of_step": 0.3,

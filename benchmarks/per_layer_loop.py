@@ -1,7 +1,7 @@
 """The published method's per-layer loop; it lives in the package (``oneprune profile`` uses it
-too): :mod:`oneprune_ext.per_layer_loop`."""
+too): :mod:`oneprune_ext.tools.per_layer_loop`."""
 
-from oneprune_ext.per_layer_loop import (  # noqa: F401
+from oneprune_ext.tools.per_layer_loop import (  # noqa: F401
     LR,
     REG,
     per_layer_lasso,

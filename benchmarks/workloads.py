@@ -9,8 +9,8 @@ from typing import Callable
 import torch
 
 from oneprune_ext import ChannelLayout
-from oneprune_ext.graph import trace_groups
-from oneprune_ext.models import resnet56
+from oneprune_ext.graph.trace import trace_groups
+from oneprune_ext.training.models import resnet56
 
 
 def models() -> dict[str, tuple[Callable[[], torch.nn.Module], tuple[int, ...]]]:

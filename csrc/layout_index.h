@@ -4,7 +4,7 @@
 // function `__host__ __device__` under nvcc and an ordinary inline function elsewhere, so the
 // CPU kernels, the CUDA kernels and the C++ tests (csrc/tests) run exactly the same code.
 //
-// The table (one int64 tensor per model, built by oneprune_ext/layout.py) has five sections
+// The table (one int64 tensor per model, built by oneprune_ext/kernels/layout.py) has five sections
 // after a header of kHeaderLen values:
 //
 //   tensors [ntensors, kTensorCols]  numel, ndim, sizes[8], strides[8] the layout was built for

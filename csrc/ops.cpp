@@ -1,5 +1,5 @@
 // Op schemas, defined once here; the kernels are registered per dispatch key in the other
-// files (CPU: csrc/*.cpp, CUDA: csrc/cuda/*.cu) and the fake kernels in oneprune_ext/ops.py.
+// files (CPU: csrc/*.cpp, CUDA: csrc/cuda/*.cu) and the fake kernels in oneprune_ext/kernels/ops.py.
 #include <Python.h>
 #include <torch/library.h>
 

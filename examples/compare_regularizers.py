@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from digits_demo import DEMO_ARGS  # noqa: E402  (the demo's settings, shared)
 
-from oneprune_ext import cli  # noqa: E402
-from oneprune_ext.config import REGULARIZERS  # noqa: E402
+from oneprune_ext.cli import train as cli  # noqa: E402
+from oneprune_ext.pruning.config import REGULARIZERS  # noqa: E402
 
 
 def _mean_std(values: Sequence[float], digits: int = 2) -> str:

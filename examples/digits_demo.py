@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import sys
 
-from oneprune_ext.cli import main
+from oneprune_ext.cli.train import main
 
 DEMO_ARGS = [
     "--data", "digits", "--model", "digits_cnn", "--width", "40",

@@ -20,7 +20,7 @@ def build_info() -> dict[str, Any]:
     ``cxx`` and ``nvcc`` (compiler versions), ``cuda_home``, ``cuda_skipped`` (why the build
     left the CUDA kernels out, e.g. no nvcc found; empty when it built them).
     """
-    from . import ops  # noqa: F401  (loads the extension)
+    from .kernels import ops  # noqa: F401  (loads the extension)
 
     path = os.path.join(os.path.dirname(__file__), "_build_info.json")
     recorded: dict[str, Any] = {}

@@ -16,9 +16,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from oneprune_ext import models
-from oneprune_ext.compact import prune_channels
-from oneprune_ext.cost import CostModel
-from oneprune_ext.groups import ChannelGroups
+from oneprune_ext.pruning.compaction import prune_channels
+from oneprune_ext.graph.cost import CostModel
+from oneprune_ext.graph.groups import ChannelGroups
 
 
 def _vit() -> nn.Module:

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from oneprune_ext.graph import TraceReport, UnsupportedOpWarning, trace_report
+from oneprune_ext.graph.trace import TraceReport, UnsupportedOpWarning, trace_report
 
 from _pruning_cases import counted_macs, prune_against_masked, randomize_inits
 

@@ -24,8 +24,8 @@ import torch.distributed as dist
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from oneprune_ext import cli  # noqa: E402
-train_mod = importlib.import_module("oneprune_ext.train")  # the module (the package exports the function)
+from oneprune_ext.cli import train as cli  # noqa: E402
+train_mod = importlib.import_module("oneprune_ext.training.trainer")  # the module (the package exports the function)
 
 STOP = 2  # the interrupted run stops after this epoch's checkpoint
 

@@ -7,7 +7,7 @@ import random
 import torch
 from torch import nn
 
-from oneprune_ext.groups import ChannelGroup, ChannelGroups, Slice
+from oneprune_ext.graph.groups import ChannelGroup, ChannelGroups, Slice
 
 
 class ParamBag(nn.Module):

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 import oneprune_ext as op
 from oneprune_ext import models
-from oneprune_ext.data import EpochShuffleSampler, digits_loaders
+from oneprune_ext.training.data import EpochShuffleSampler, digits_loaders
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 EPOCHS = 12  # unless the block's own config prunes later (see epochs_for)

@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oneprune_ext import models, ops
-from oneprune_ext.compact import prune_channels
-from oneprune_ext.cost import CostModel
-from oneprune_ext.graph import UnsupportedOpError, UnsupportedOpWarning, trace_groups
-from oneprune_ext.layout import ChannelLayout
+from oneprune_ext.pruning.compaction import prune_channels
+from oneprune_ext.graph.cost import CostModel
+from oneprune_ext.graph.trace import UnsupportedOpError, UnsupportedOpWarning, trace_groups
+from oneprune_ext.kernels.layout import ChannelLayout
 
 X = torch.randn(1, 64, generator=torch.Generator().manual_seed(0))
 

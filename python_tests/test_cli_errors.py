@@ -21,12 +21,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oneprune_ext import cli, models
-from oneprune_ext.data import digits_loaders
-from oneprune_ext.models import digits_cnn
-from oneprune_ext.pruner import OneCyclePruner
-from oneprune_ext.saving import save_pruned
-from oneprune_ext.train import train
+from oneprune_ext import models
+
+from oneprune_ext.cli import train as cli
+from oneprune_ext.training.data import digits_loaders
+from oneprune_ext.training.models import digits_cnn
+from oneprune_ext.pruning.pruner import OneCyclePruner
+from oneprune_ext.storage.saving import save_pruned
+from oneprune_ext.training.trainer import train
 
 RUN = ["--epochs", "3", "--width", "4", "--batch-size", "64", "--monitor-start", "0", "--sl-start", "0",
        "--sl-end", "1", "--no-progress", "--threads", "1"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from oneprune_ext.compact import prune_channels
-from oneprune_ext.graph import trace_groups
-from oneprune_ext.saving import load_pruned, save_pruned  # noqa: F401  (reshape helper below)
+from oneprune_ext.pruning.compaction import prune_channels
+from oneprune_ext.graph.trace import trace_groups
+from oneprune_ext.storage.saving import load_pruned, save_pruned  # noqa: F401  (reshape helper below)
 
 from _pruning_cases import CASES, build, kept_indices, random_keep, slice_tensor, zero_removed
 
@@ -120,7 +120,7 @@ def _reshape_like(model: nn.Module, shapes: dict[str, torch.Tensor]) -> None:
     import os
     import tempfile
 
-    from oneprune_ext.saving import structure_record
+    from oneprune_ext.storage.saving import structure_record
     donor = copy.deepcopy(model)
     with torch.no_grad():
         for n, p in list(donor.named_parameters()) + list(donor.named_buffers()):
@@ -142,7 +142,7 @@ def _reshape_like(model: nn.Module, shapes: dict[str, torch.Tensor]) -> None:
             m.normalized_shape = tuple(m.weight.shape)
     # the other recorded attributes (attention widths, a ViT's hidden_dim) follow the tensors too:
     # load_pruned refuses a record whose attributes disagree with its weights
-    from oneprune_ext.registry import update_module_attrs
+    from oneprune_ext.graph.registry import update_module_attrs
     update_module_attrs(donor, set(shapes))
     assert structure_record(donor)
     with tempfile.TemporaryDirectory() as d:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from oneprune_ext.compact import prune_channels
-from oneprune_ext.cost import CostModel
-from oneprune_ext.graph import trace_groups
+from oneprune_ext.pruning.compaction import prune_channels
+from oneprune_ext.graph.cost import CostModel
+from oneprune_ext.graph.trace import trace_groups
 
 from _pruning_cases import CASES, build, counted_macs, random_keep
 

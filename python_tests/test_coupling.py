@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from oneprune_ext.graph import UnsupportedOpError, UnsupportedOpWarning, trace_groups, trace_report
+from oneprune_ext.graph.trace import UnsupportedOpError, UnsupportedOpWarning, trace_groups, trace_report
 
 from _pruning_cases import prune_against_masked, random_keep
 

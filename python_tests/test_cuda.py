@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from oneprune_ext import ChannelLayout, ops
-from oneprune_ext.models import resnet56
+from oneprune_ext.training.models import resnet56
 
 from layouts import random_layout, random_mask, set_grads
 

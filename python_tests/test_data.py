@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from oneprune_ext.data import EpochShuffleSampler, cifar10_loaders, digits_loaders, imagenet_loaders
+from oneprune_ext.training.data import EpochShuffleSampler, cifar10_loaders, digits_loaders, imagenet_loaders
 
 
 def _all(loader):
@@ -97,7 +97,7 @@ def test_sharded_shuffle_splits_the_single_process_order(n: int, world: int):
 
 
 def test_sharded_loaders_and_eval_shards_cover_everything_once():
-    from oneprune_ext.data import ShardSampler
+    from oneprune_ext.training.data import ShardSampler
 
     assert sorted(i for r in range(3) for i in ShardSampler(10, 3, r)) == list(range(10))
     tr0, te0 = digits_loaders(batch_size=64, seed=0, num_replicas=2, rank=0)

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from oneprune_ext import cli
-from oneprune_ext.data import digits_loaders
-from oneprune_ext.models import digits_cnn
-from oneprune_ext.pruner import OneCyclePruner
-from oneprune_ext.saving import load_pruned
-from oneprune_ext.sparsity import ShrinkCurve
-from oneprune_ext.train import count_macs, count_params, evaluate, train
+from oneprune_ext.training.data import digits_loaders
+from oneprune_ext.training.models import digits_cnn
+from oneprune_ext.pruning.pruner import OneCyclePruner
+from oneprune_ext.pruning.sparsity import ShrinkCurve
+from oneprune_ext.storage.saving import load_pruned
+from oneprune_ext.training.trainer import count_macs, count_params, evaluate, train
 
 EXAMPLE = torch.zeros(1, 1, 8, 8)
 

@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oneprune_ext import files, models
-from oneprune_ext.compact import prune_channels
-from oneprune_ext.files import FileFormatError
-from oneprune_ext.graph import trace_groups
-from oneprune_ext.saving import load_pruned, save_pruned
-from oneprune_ext.train import read_checkpoint
+from oneprune_ext.pruning.compaction import prune_channels
+from oneprune_ext.storage.files import FileFormatError
+from oneprune_ext.graph.trace import trace_groups
+from oneprune_ext.storage.saving import load_pruned, save_pruned
+from oneprune_ext.training.trainer import read_checkpoint
 
 from _pruning_cases import random_keep
 
@@ -140,7 +140,7 @@ def test_version_1_files_still_load(tmp_path) -> None:
     """Files written before checksums (format version 1) load without the check."""
     model = models.mlp()
     path = tmp_path / "v1.pt"
-    from oneprune_ext.saving import structure_record
+    from oneprune_ext.storage.saving import structure_record
     import json
 
     torch.save({"format": "oneprune_ext.pruned/1", "structure": json.dumps(structure_record(model)),

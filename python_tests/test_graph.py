@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from oneprune_ext.graph import UnsupportedOpError, UnsupportedOpWarning, trace_groups, trace_report
+from oneprune_ext.graph.trace import UnsupportedOpError, UnsupportedOpWarning, trace_groups, trace_report
 from oneprune_ext import models
 
 from _pruning_cases import CASES, build
@@ -259,7 +259,7 @@ def test_models_shapes() -> None:
 def test_shape_pass_without_arithmetic(name: str) -> None:
     """Tracing skips conv / linear / attention arithmetic (zeros of the right shape) and passes
     norms and activations through: every recorded shape equals a real run's."""
-    from oneprune_ext import graph as g
+    from oneprune_ext.graph import trace as g
 
     model, x = build(name)
     graph, _ = g.trace_graph(model)

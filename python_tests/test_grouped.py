@@ -11,11 +11,11 @@ import torch.nn as nn
 import torchvision
 
 from oneprune_ext import ops, reference
-from oneprune_ext.compact import prune_channels
-from oneprune_ext.cost import CostModel
-from oneprune_ext.graph import channel_multiplicity, trace_groups
-from oneprune_ext.layout import ChannelLayout
-from oneprune_ext.select import layer_limits, round_kept_counts, select_subnetwork
+from oneprune_ext.pruning.compaction import prune_channels
+from oneprune_ext.graph.cost import CostModel
+from oneprune_ext.graph.trace import channel_multiplicity, trace_groups
+from oneprune_ext.kernels.layout import ChannelLayout
+from oneprune_ext.pruning.select import layer_limits, round_kept_counts, select_subnetwork
 
 import _torchvision_cases as tv
 from _pruning_cases import counted_macs
@@ -122,7 +122,7 @@ def _tiny_vit() -> tuple[nn.Module, torch.Tensor]:
 def test_one_cycle_pruner_on_grouped_and_attention_models(build) -> None:
     """The whole loop (fused regularizer on many slices per tensor, search, prune) on models with
     grouped convs and attention heads."""
-    from oneprune_ext.pruner import OneCyclePruner
+    from oneprune_ext.pruning.pruner import OneCyclePruner
 
     model, x = build()
     x = x.expand(4, *x.shape[1:]).clone()

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from oneprune_ext import ChannelLayout, ops, reference, trace_groups
-from oneprune_ext.groups import ChannelGroup, ChannelGroups, Slice
-from oneprune_ext.models import digits_cnn
+from oneprune_ext.graph.groups import ChannelGroup, ChannelGroups, Slice
+from oneprune_ext.training.models import digits_cnn
 
 from layouts import random_layout, random_mask, set_grads
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from oneprune_ext import PrunerConfig, models
-from oneprune_ext.pruner import OneCyclePruner
+from oneprune_ext.pruning.pruner import OneCyclePruner
 
 torch_gen = torch.Generator().manual_seed(outcomes.SEED)
 X = torch.randn(32, 1, 8, 8, generator=torch_gen)

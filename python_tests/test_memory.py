@@ -14,12 +14,12 @@ import torch
 import torch.nn as nn
 
 from oneprune_ext import PrunerConfig, models
-from oneprune_ext.compact import prune_channels
-from oneprune_ext.data import digits_loaders
-from oneprune_ext.graph import trace_groups
-from oneprune_ext.pruner import OneCyclePruner
-from oneprune_ext.saving import save_pruned
-from oneprune_ext.train import train
+from oneprune_ext.pruning.compaction import prune_channels
+from oneprune_ext.training.data import digits_loaders
+from oneprune_ext.graph.trace import trace_groups
+from oneprune_ext.pruning.pruner import OneCyclePruner
+from oneprune_ext.storage.saving import save_pruned
+from oneprune_ext.training.trainer import train
 
 from _pruning_cases import build, kept_indices, random_keep, slice_tensor
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from oneprune_ext.memory_format import dense_view, inverse_order, is_dense, memory_order
+from oneprune_ext.kernels.memory_format import dense_view, inverse_order, is_dense, memory_order
 
 
 @pytest.mark.parametrize("shape", [(4, 3, 5, 5), (4, 3, 1, 1), (1, 3, 2, 2), (6, 1, 3, 3)])

@@ -13,13 +13,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from oneprune_ext import cli, models, reference
-from oneprune_ext.config import PrunerConfig
-from oneprune_ext.data import digits_loaders
-from oneprune_ext.pruner import OneCyclePruner
-from oneprune_ext.select import StabilityTracker
-from oneprune_ext.sparsity import PUBLISHED_CIFAR, ShrinkCurve, published_shrink_curve, schedule_shrink
-from oneprune_ext.train import evaluate, train
+from oneprune_ext import models, reference
+
+from oneprune_ext.cli import train as cli
+from oneprune_ext.pruning.config import PrunerConfig
+from oneprune_ext.training.data import digits_loaders
+from oneprune_ext.pruning.pruner import OneCyclePruner
+from oneprune_ext.pruning.select import StabilityTracker
+from oneprune_ext.pruning.sparsity import PUBLISHED_CIFAR, ShrinkCurve, published_shrink_curve, schedule_shrink
+from oneprune_ext.training.trainer import evaluate, train
 
 X = torch.zeros(1, 1, 8, 8)
 

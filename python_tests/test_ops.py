@@ -9,7 +9,7 @@ import torch
 
 import oneprune_ext
 from oneprune_ext import ChannelLayout, ops, reference
-from oneprune_ext.groups import ChannelGroup, ChannelGroups, Slice
+from oneprune_ext.graph.groups import ChannelGroup, ChannelGroups, Slice
 
 from layouts import random_layout, random_mask, set_grads
 

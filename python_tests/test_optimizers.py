@@ -19,10 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from oneprune_ext import models
-from oneprune_ext.compact import prune_channels
-from oneprune_ext.graph import trace_groups
-from oneprune_ext.pruner import OneCyclePruner
-from oneprune_ext.saving import load_pruned, save_pruned
+from oneprune_ext.pruning.compaction import prune_channels
+from oneprune_ext.graph.trace import trace_groups
+from oneprune_ext.pruning.pruner import OneCyclePruner
+from oneprune_ext.storage.saving import load_pruned, save_pruned
 
 from _pruning_cases import kept_indices, random_keep, slice_tensor
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from oneprune_ext import cli, overhead
+from oneprune_ext import cli
+
+from oneprune_ext.tools import profile as overhead
 
 PHASES = ["plain", "monitoring", "sparsity/shrink", "per_layer/shrink", "sparsity/group_lasso",
           "per_layer/group_lasso", "sparsity/both", "per_layer/both", "pruned"]

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch.profiler import profile
 
 import oneprune_ext as op
-from oneprune_ext import models, profiling
+from oneprune_ext import models
+from oneprune_ext.pruning import profiling
 
 HOOKS = ("epoch_start", "before_step", "after_step", "epoch_end")
 PHASES = ("init", "trace", "cost_model", "layout_build", "search", "saliency", "selection", "stability", "prune", "compaction", "layout_rebuild")

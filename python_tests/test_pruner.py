@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from oneprune_ext import models, reference
-from oneprune_ext.compact import prune_channels
-from oneprune_ext.cost import CostModel
-from oneprune_ext.layout import ChannelLayout
-from oneprune_ext.pruner import EpochReport, OneCyclePruner
-from oneprune_ext.select import auto_sl_start
+from oneprune_ext.pruning.compaction import prune_channels
+from oneprune_ext.graph.cost import CostModel
+from oneprune_ext.kernels.layout import ChannelLayout
+from oneprune_ext.pruning.pruner import EpochReport, OneCyclePruner
+from oneprune_ext.pruning.select import auto_sl_start
 
 X = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -320,7 +320,7 @@ PRUNER_OPTS = dict(total_epochs=EPOCHS, monitor_start=0, sl_start=1, sl_end=3, r
 
 @pytest.fixture(scope="module")
 def digits():
-    from oneprune_ext.data import digits_loaders
+    from oneprune_ext.training.data import digits_loaders
 
     train, _ = digits_loaders(batch_size=128, seed=outcomes.SEED)
     return train
@@ -466,7 +466,9 @@ def test_ignored_layers_by_module_or_name():
 def test_every_config_field_is_a_cli_flag():
     import dataclasses
 
-    from oneprune_ext import PrunerConfig, cli
+    from oneprune_ext import PrunerConfig
+
+    from oneprune_ext.cli import train as cli
 
     parser = cli.build_parser()
     flags = {a.dest: a.option_strings for a in parser._actions}
@@ -495,7 +497,7 @@ def test_adding_an_option_is_one_field():
     import argparse
     import dataclasses
 
-    from oneprune_ext.config import PrunerConfig, boolean, option, real_in
+    from oneprune_ext.pruning.config import PrunerConfig, boolean, option, real_in
 
     @dataclasses.dataclass(frozen=True)
     class Extended(PrunerConfig):

@@ -125,7 +125,9 @@ def _command_kind(line: str) -> str | None:
 def test_readme_command_is_valid(line: str, capsys) -> None:
     """Each README command names a real make target / script, and its options parse (training
     commands resolve fully: ``--print-config`` builds the whole configuration without running)."""
-    from oneprune_ext import cli, evaluation, overhead, plots
+    from oneprune_ext.cli import plot, train
+    from oneprune_ext.tools import eval as evaluation
+    from oneprune_ext.tools import profile as overhead
 
     kind, words = _command_kind(line), shlex.split(line)
     if kind == "make":
@@ -136,13 +138,13 @@ def test_readme_command_is_valid(line: str, capsys) -> None:
         assert path.is_file() and subprocess.run(["bash", "-n", str(path)]).returncode == 0, line
     elif kind == "train":
         args = words[words.index("oneprune_ext.cli") + 1:] if words[0] == "torchrun" else words[1:]
-        assert cli.main(args + ["--print-config"]) == 0, line
+        assert train.main(args + ["--print-config"]) == 0, line
         json.loads(capsys.readouterr().out)
     else:
         parser = {"profile": overhead.build_parser, "eval": evaluation.build_parser}.get(kind)
         if parser is None:
             with pytest.raises(SystemExit) as e:
-                plots.main(["--help"])
+                plot.main(["--help"])
             assert e.value.code == 0
         else:
             parser().parse_args(words[2:])

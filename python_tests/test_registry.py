@@ -10,13 +10,13 @@ import torch.nn.functional as F
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from oneprune_ext import registry
-from oneprune_ext.compact import prune_channels
-from oneprune_ext.cost import CostModel
-from oneprune_ext.graph import trace_groups
-from oneprune_ext.layout import ChannelLayout
-from oneprune_ext.registry import LayerEntry, module_entry, register_module
-from oneprune_ext.saving import load_pruned, save_pruned, structure_record
+from oneprune_ext.graph import registry
+from oneprune_ext.pruning.compaction import prune_channels
+from oneprune_ext.graph.cost import CostModel
+from oneprune_ext.graph.trace import trace_groups
+from oneprune_ext.kernels.layout import ChannelLayout
+from oneprune_ext.graph.registry import LayerEntry, module_entry, register_module
+from oneprune_ext.storage.saving import load_pruned, save_pruned, structure_record
 
 from _pruning_cases import build, zero_removed
 

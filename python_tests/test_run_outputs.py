@@ -17,8 +17,9 @@ import outcomes
 import pytest
 import torch
 
-from oneprune_ext import cli, models, plots, report
-from oneprune_ext.train import EpochRecord
+from oneprune_ext import cli, models
+from oneprune_ext.training import plots, report
+from oneprune_ext.training.trainer import EpochRecord
 
 EPOCHS = 6
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from oneprune_ext import models
-from oneprune_ext.compact import prune_channels
-from oneprune_ext.graph import trace_groups
-from oneprune_ext.saving import load_pruned, save_pruned
+from oneprune_ext.pruning.compaction import prune_channels
+from oneprune_ext.graph.trace import trace_groups
+from oneprune_ext.storage.saving import load_pruned, save_pruned
 
 from _pruning_cases import build, random_keep
 

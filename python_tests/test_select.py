@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from oneprune_ext.select import (
+from oneprune_ext.pruning.select import (
     StabilityTracker,
     auto_sl_start,
     cost_share,

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oneprune_ext import files, models
-from oneprune_ext.compact import prune_channels
-from oneprune_ext.graph import trace_groups
-from oneprune_ext.pruner import OneCyclePruner
-from oneprune_ext.saving import load_pruned, save_pruned
+from oneprune_ext.pruning.compaction import prune_channels
+from oneprune_ext.graph.trace import trace_groups
+from oneprune_ext.pruning.pruner import OneCyclePruner
+from oneprune_ext.storage.saving import load_pruned, save_pruned
 
 X = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 OPTS = dict(total_epochs=8, monitor_start=1, sl_start=2, sl_end=3)

@@ -5,7 +5,7 @@
 //
 // The library is loaded with dlopen(RTLD_NOW), as torch.ops.load_library does, and the ops
 // are called boxed through the dispatcher (exactly how Python calls them). The layout tables
-// are built here by a small independent builder (not oneprune_ext/layout.py) from random
+// are built here by a small independent builder (not oneprune_ext/kernels/layout.py) from random
 // tensor specs: a tensor seen as [O, I, inner] (contiguous, or channels_last for 4-d), whose
 // row o belongs to channel row_off + o % rcount (rcount < O: a grouped conv's repeated slices)
 // and whose columns [c0, c0 + nc*cblock) to col_off + (i - c0) / cblock (a concat offset and a
