@@ -102,10 +102,13 @@ def _copy_sources(tmp_path):
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
 def test_build_without_nvcc_is_cpu_only_and_says_so(tmp_path):
     """No nvcc: the pip build (what `make` runs) and the CMake build both succeed with the CPU
-    kernels only, and each says so in one line; ctest then passes on the CPU-only library."""
+    kernels only, and each says so in one line; the CMake library then loads into torch. Both
+    build at -O0 (ONEPRUNE_DEBUG=1, CMAKE_BUILD_TYPE=Debug): what is checked here is the build
+    decision and that it goes through; the optimised CPU kernels are tested by everything else."""
     import zipfile
 
     src, env = _copy_sources(tmp_path), _without_nvcc(tmp_path)
+    env["ONEPRUNE_DEBUG"] = "1"
     pip = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps",
                           "-w", str(tmp_path / "dist"), str(src)], env=env, capture_output=True, text=True)
     out = pip.stdout + pip.stderr
@@ -119,12 +122,13 @@ def test_build_without_nvcc_is_cpu_only_and_says_so(tmp_path):
     assert info["cuda_compiled"] is False and info["cuda_skipped"] == said[0].split("only: ", 1)[1]
 
     build = tmp_path / "build-cmake"
-    cfg = subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-G", "Ninja",
+    cfg = subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Debug",
                           f"-DPython_EXECUTABLE={sys.executable}"], env=env, capture_output=True, text=True)
     assert cfg.returncode == 0, cfg.stdout[-4000:] + cfg.stderr[-4000:]
     said = [ln for ln in cfg.stdout.splitlines() if "CPU kernels only" in ln]
     assert len(said) == 1 and "no CUDA toolkit" in said[0], cfg.stdout
     assert "ONEPRUNE_CUDA=OFF" in cfg.stdout
-    for cmd in (["cmake", "--build", str(build), "-j2"], ["ctest", "--test-dir", str(build), "--output-on-failure"]):
+    for cmd in (["cmake", "--build", str(build), "-j2", "--target", "oneprune_ops"],
+                ["ctest", "--test-dir", str(build), "--output-on-failure", "-R", "python_load_library"]):
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         assert r.returncode == 0, f"{cmd}: {r.stdout[-4000:]}{r.stderr[-4000:]}"
