@@ -8,12 +8,15 @@ On the CIFAR ResNet-56 of :mod:`oneprune_ext.training.models` (CPU), with the pr
 phase, where the step hooks have no kernel to launch and their cost is all bookkeeping, each
 round times 1000 calls of ``before_step()`` + ``after_step(lr)``:
 
-* ``hooks``: the hooks as shipped (a range check per call, no range opened: no profiler runs);
-* ``unranged``: the same methods without the range wrapper (``OneCyclePruner.before_step.__wrapped__``);
-* ``always_ranged``: the undecorated methods inside an unconditional
-  ``torch.profiler.record_function`` each, what a plain decorator would cost.
+* ``hooks``: the hooks as shipped (``profiling.hook``: the hook's timing and a range check per
+  call, no range opened: no profiler runs);
+* ``unranged``: the same decorator with the range left out (``profiling.hook(..., ranges="never")``
+  around ``OneCyclePruner.before_step.__wrapped__``): the timing alone;
+* ``always_ranged``: the same decorator opening ``torch.profiler.record_function`` on every call
+  (``ranges="always"``), what a plain range decorator would cost.
 
-The table gives microseconds per step (two hook calls) and the difference to ``unranged``.
+All three keep the hook timing (it lives only in the decorator), so the differences are the ranges'
+cost. The table gives microseconds per step (two hook calls) and the difference to ``unranged``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from typing import Any, Callable
 
 import pytest
 import torch
-from torch.profiler import record_function
 
 from oneprune_ext import OneCyclePruner
 
@@ -47,28 +49,17 @@ def _monitoring_pruner() -> OneCyclePruner:
 def _calls(kind: str) -> Callable[[], None]:
     p = _monitoring_pruner()
     assert not profiling.profiler_active()
-    before, after = OneCyclePruner.before_step, OneCyclePruner.after_step
     if kind == "hooks":
-        def run() -> None:
-            for _ in range(CALLS):
-                p.before_step()
-                p.after_step(0.1)
-    elif kind == "unranged":
-        b, a = before.__wrapped__, after.__wrapped__
-
-        def run() -> None:
-            for _ in range(CALLS):
-                b(p)
-                a(p, 0.1)
+        before, after = OneCyclePruner.before_step, OneCyclePruner.after_step
     else:
-        b, a = before.__wrapped__, after.__wrapped__
+        ranges = "never" if kind == "unranged" else "always"
+        before = profiling.hook("before_step", ranges=ranges)(OneCyclePruner.before_step.__wrapped__)
+        after = profiling.hook("after_step", ranges=ranges)(OneCyclePruner.after_step.__wrapped__)
 
-        def run() -> None:
-            for _ in range(CALLS):
-                with record_function("oneprune::before_step"):
-                    b(p)
-                with record_function("oneprune::after_step"):
-                    a(p, 0.1)
+    def run() -> None:
+        for _ in range(CALLS):
+            before(p)
+            after(p, 0.1)
     return run
 
 

@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from oneprune_ext.pruning.compaction import prune_channels
 from oneprune_ext.graph.cost import CostModel
 from oneprune_ext.graph.trace import UnsupportedOpWarning, trace_groups
-from oneprune_ext.training.trainer import count_macs
+from oneprune_ext.graph.flops import count_macs
 
 from _pruning_cases import counted_macs, random_keep
 

@@ -20,7 +20,8 @@ from oneprune_ext.training.models import digits_cnn
 from oneprune_ext.pruning.pruner import OneCyclePruner
 from oneprune_ext.pruning.sparsity import ShrinkCurve
 from oneprune_ext.storage.saving import load_pruned
-from oneprune_ext.training.trainer import count_macs, count_params, evaluate, train
+from oneprune_ext.graph.flops import count_macs, count_params
+from oneprune_ext.training.trainer import evaluate, train
 
 EXAMPLE = torch.zeros(1, 1, 8, 8)
 

@@ -22,7 +22,7 @@ from oneprune_ext.pruning.compaction import prune_channels
 from oneprune_ext.storage.files import FileFormatError
 from oneprune_ext.graph.trace import trace_groups
 from oneprune_ext.storage.saving import load_pruned, save_pruned
-from oneprune_ext.training.trainer import read_checkpoint
+from oneprune_ext.storage.checkpoint import read_checkpoint
 
 from _pruning_cases import random_keep
 

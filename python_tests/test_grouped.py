@@ -15,7 +15,7 @@ from oneprune_ext.pruning.compaction import prune_channels
 from oneprune_ext.graph.cost import CostModel
 from oneprune_ext.graph.trace import channel_multiplicity, trace_groups
 from oneprune_ext.kernels.layout import ChannelLayout
-from oneprune_ext.pruning.select import layer_limits, round_kept_counts, select_subnetwork
+from oneprune_ext.pruning.selection import layer_limits, round_kept_counts, select_subnetwork
 
 import _torchvision_cases as tv
 from _pruning_cases import counted_macs

@@ -174,7 +174,7 @@ def test_skipped_step_applies_no_shrink_and_no_lasso() -> None:
     pruner.epoch_start(0)
     pruner.epoch_end(0, opt)
     pruner.epoch_start(1)  # sparsity learning: both regularizers active
-    assert pruner._active_lasso and pruner._active_shrink
+    assert pruner.sparsity.armed is not None and pruner.regularizer.adds_gradient and pruner.regularizer.shrinks
     before = params(model)
     opt.zero_grad()
     scaler.scale(F.cross_entropy(model(X), Y)).backward()

@@ -19,8 +19,9 @@ from oneprune_ext.cli import train as cli
 from oneprune_ext.pruning.config import PrunerConfig
 from oneprune_ext.training.data import digits_loaders
 from oneprune_ext.pruning.pruner import OneCyclePruner
-from oneprune_ext.pruning.select import StabilityTracker
-from oneprune_ext.pruning.sparsity import PUBLISHED_CIFAR, ShrinkCurve, published_shrink_curve, schedule_shrink
+from oneprune_ext.pruning.stability import StabilityTracker
+from oneprune_ext.pruning.recipes import CIFAR10
+from oneprune_ext.pruning.sparsity import ShrinkCurve, published_shrink_curve, schedule_shrink
 from oneprune_ext.training.trainer import evaluate, train
 
 X = torch.zeros(1, 1, 8, 8)
@@ -121,7 +122,7 @@ def test_reg_auto_or_a_number() -> None:
 
 def test_published_curve() -> None:
     ends = published_shrink_curve()
-    assert len(ends) == PUBLISHED_CIFAR["sl_end"] - PUBLISHED_CIFAR["sl_start"] + 1 == 81
+    assert len(ends) == CIFAR10.sl_end - CIFAR10.sl_start + 1 == 81
     # 391 steps x (reg 1e-4 .. 60e-4 at lr 0.1, then 61e-4 .. 81e-4 at lr 0.02)
     assert ends[-1] == pytest.approx(391 * (0.1 * 1e-4 * 1830 + 0.02 * 1e-4 * 1491))
     assert 8.2 < ends[-1] < 8.4
@@ -141,7 +142,7 @@ def _simulate(steps: int, sl_epochs: int, lr_of, **kw: Any) -> list[float]:
     opts = dict(total_epochs=sl_epochs + 2, monitor_start=0, sl_start=1, sl_end=sl_epochs, reg="auto")
     opts.update(kw)
     p = OneCyclePruner(tiny_mlp(), X, **opts)
-    p.tracker = NeverStable()
+    p.search.tracker = NeverStable()
     measured: list[float] = []
     start = mask = None
     for e in range(sl_epochs + 1):
@@ -157,7 +158,7 @@ def _simulate(steps: int, sl_epochs: int, lr_of, **kw: Any) -> list[float]:
             measured.append(float(-0.5 * torch.log(sq / start).mean()))
         rep = p.epoch_end(e)
         if e >= 1:
-            assert rep.shrink == pytest.approx(p._auto.applied)
+            assert rep.shrink == pytest.approx(p.sparsity.strength.applied)
     assert rep.pruned_now and rep.epoch == sl_epochs
     return measured
 
@@ -178,7 +179,7 @@ def test_reg_auto_catches_up_when_the_epoch_length_is_unknown() -> None:
     """Sparsity learning from epoch 0: no step count yet, the first epoch assumes the published 391
     steps and the deficit is spread over the next epochs; the total at sl_end is the curve's."""
     p = OneCyclePruner(tiny_mlp(), X, total_epochs=8, monitor_start=0, sl_start=0, sl_end=5, reg="auto")
-    p.tracker = NeverStable()
+    p.search.tracker = NeverStable()
     shrinks = []
     for e in range(6):
         p.epoch_start(e)
@@ -194,7 +195,7 @@ def test_reg_auto_catches_up_when_the_epoch_length_is_unknown() -> None:
 def test_plain_reg_keeps_its_meaning() -> None:
     p = OneCyclePruner(tiny_mlp(), X, total_epochs=8, monitor_start=0, sl_start=1, sl_end=5, reg=0.01,
                        reg_delta=0.02)
-    p.tracker = NeverStable()
+    p.search.tracker = NeverStable()
     reports = []
     for e in range(3):
         p.epoch_start(e)
@@ -209,7 +210,7 @@ def test_reg_auto_state_resumes_exactly() -> None:
     def fresh() -> OneCyclePruner:
         p = OneCyclePruner(tiny_mlp(), X, total_epochs=10, monitor_start=0, sl_start=1, sl_end=6, reg="auto",
                            regularizer="both")
-        p.tracker = NeverStable()
+        p.search.tracker = NeverStable()
         return p
 
     def epoch(p: OneCyclePruner, e: int) -> None:
@@ -226,14 +227,15 @@ def test_reg_auto_state_resumes_exactly() -> None:
         epoch(a, e)
     b = fresh()
     b.load_state_dict(copy.deepcopy(a.state_dict()))
-    b.tracker = NeverStable()
+    b.search.tracker = NeverStable()
     b.tracker.load_state_dict(a.tracker.state_dict())
     b.model.load_state_dict(a.model.state_dict())
     for e in range(3, 5):
         epoch(a, e)
         epoch(b, e)
     assert all(torch.equal(x, y) for x, y in zip(a.model.parameters(), b.model.parameters()))
-    assert a._auto.applied == b._auto.applied and a._steps_per_epoch == b._steps_per_epoch == 7
+    assert a.sparsity.strength.applied == b.sparsity.strength.applied
+    assert a.sparsity.ledger.steps_per_epoch == b.sparsity.ledger.steps_per_epoch == 7
 
 
 # ------------------------------------------------------------------------------- the prune shock
@@ -322,7 +324,7 @@ def test_reselect_at_prune(reselect: bool) -> None:
         for s in p.groups[0].slices:
             if not s.is_buffer:
                 params[s.name].narrow(s.dim, s.offset + victim * s.block, s.block).zero_()
-    expected = p._select(reference.grouped_norms(p.layout)[1]).kept_indices if reselect else chosen
+    expected = p.search.select(reference.grouped_norms(p.layout)[1], p.groups.sizes).kept_indices if reselect else chosen
     assert p.will_prune(2)
     rep = p.epoch_end(2)
     assert rep.pruned_now

@@ -18,7 +18,7 @@ from oneprune_ext.pruning.compaction import prune_channels
 from oneprune_ext.graph.cost import CostModel
 from oneprune_ext.kernels.layout import ChannelLayout
 from oneprune_ext.pruning.pruner import EpochReport, OneCyclePruner
-from oneprune_ext.pruning.select import auto_sl_start
+from oneprune_ext.pruning.stability import auto_sl_start
 
 X = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -129,7 +129,7 @@ def test_after_prune_hooks_are_noops_and_stats():
 def _sl_pruner(regularizer: str, ops=None) -> OneCyclePruner:
     p = make(monitor_start=0, sl_start=0, sl_end=5, reg=0.05, regularizer=regularizer)
     if ops is not None:
-        p._ops = ops
+        p.search.ops = p.sparsity.ops = ops
     p.epoch_start(0)
     return p
 
@@ -152,7 +152,7 @@ def _one_step(p: OneCyclePruner, lr: float = 0.5):
 def test_regularizer_modes(mode: str):
     p = _sl_pruner(mode)
     mask = p.selection.removal_mask
-    assert mask.any() and p._reg_value == pytest.approx(0.05)
+    assert mask.any() and p.sparsity.reg_value == pytest.approx(0.05)
     plain, penalty, grads, w0, w1 = _one_step(p, lr=0.5)
 
     # expected, from the pure-PyTorch reference ops on a copy

@@ -125,9 +125,9 @@ def _command_kind(line: str) -> str | None:
 def test_readme_command_is_valid(line: str, capsys) -> None:
     """Each README command names a real make target / script, and its options parse (training
     commands resolve fully: ``--print-config`` builds the whole configuration without running)."""
+    from oneprune_ext.cli import eval as evaluation
     from oneprune_ext.cli import plot, train
-    from oneprune_ext.tools import eval as evaluation
-    from oneprune_ext.tools import profile as overhead
+    from oneprune_ext.cli import profile as overhead
 
     kind, words = _command_kind(line), shlex.split(line)
     if kind == "make":

@@ -10,16 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from oneprune_ext.pruning.select import (
-    StabilityTracker,
-    auto_sl_start,
+from oneprune_ext.pruning.selection import (
     cost_share,
-    jaccard_per_group,
     layer_limits,
     per_channel_cost,
     round_kept_counts,
     select_subnetwork,
 )
+from oneprune_ext.pruning.stability import StabilityTracker, auto_sl_start, jaccard_per_group
 
 
 def linear_cost(k: list[int]) -> int:

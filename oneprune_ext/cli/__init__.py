@@ -1,8 +1,10 @@
 """The ``oneprune`` command (``python -m oneprune_ext.cli``), one module per subcommand.
 
 * ``oneprune [OPTIONS]`` -- train with one-cycle pruning (:mod:`.train`);
-* ``oneprune profile`` -- the pruning overhead on your model (:mod:`oneprune_ext.tools.profile`);
-* ``oneprune eval`` -- accuracy, exact cost and latency of a pruned model (:mod:`oneprune_ext.tools.eval`);
+* ``oneprune profile`` -- the pruning overhead on your model (:mod:`.profile`; measured by
+  :mod:`oneprune_ext.tools.profile`);
+* ``oneprune eval`` -- accuracy, exact cost and latency of a pruned model (:mod:`.eval`; measured by
+  :mod:`oneprune_ext.tools.eval`);
 * ``oneprune plot`` -- redraw a run's plots from its ``report.json`` (:mod:`.plot`).
 """
 
@@ -19,9 +21,9 @@ COMMANDS = ("profile", "eval", "plot")
 def _command(name: str) -> Callable[[Sequence[str]], int]:
     """The ``main(argv)`` of subcommand ``name`` (imported only when used)."""
     if name == "profile":
-        from ..tools.profile import main as command
+        from .profile import main as command
     elif name == "eval":
-        from ..tools.eval import main as command
+        from .eval import main as command
     elif name == "plot":
         from .plot import main as command
     else:

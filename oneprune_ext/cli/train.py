@@ -13,7 +13,8 @@ Under ``torchrun`` each process trains one DistributedDataParallel replica (NCCL
 over all processes; every rank prunes the same channels at the same epoch; rank 0 prints and
 writes the checkpoint, ``--save``, ``--json`` and ``--out``; ``--resume`` works as in one process.
 
-Every setting defaults to the data set's recipe (``PRESETS``), as the authors' scripts run it:
+Every setting defaults to the data set's recipe (:mod:`oneprune_ext.pruning.recipes`, data-set
+defaults in :data:`oneprune_ext.training.data.DATASETS`), as the authors' scripts run it:
 
 * **CIFAR-10**: 300 epochs, batch 128; SGD momentum 0.9, Nesterov, weight decay 5e-4; lr 0.1,
   x0.2 at 30/60/80/90 % of the run; monitor from epoch 2, sparsity learning from 30, prune by 110
@@ -37,9 +38,9 @@ accuracies, dense and pruned MACs / parameters / channels per group, overhead, w
 Other commands (``oneprune COMMAND --help``):
 
 * ``oneprune profile``: the pruning overhead measured on your model and batch shape
-  (:mod:`oneprune_ext.tools.profile`);
+  (:mod:`oneprune_ext.cli.profile`);
 * ``oneprune eval DIR_OR_FILE``: accuracy, exact MACs / parameters and latency of a pruned
-  model, optionally next to the dense architecture (:mod:`oneprune_ext.tools.eval`);
+  model, optionally next to the dense architecture (:mod:`oneprune_ext.cli.eval`);
 * ``oneprune plot DIR``: redraw a run's plots from its ``report.json``.
 
 Also runnable as ``python -m oneprune_ext.cli``.
@@ -54,7 +55,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -62,77 +62,20 @@ import torch.nn as nn
 
 from ..pruning import distributed
 from ..pruning.config import PrunerConfig
-from ..storage.files import FileFormatError, atomic_write
-from ..training.trainer import CIFAR_GAMMA, CIFAR_MILESTONES, SCHEDULE_UNITS, TrainResult, train
+from ..storage import checkpoint
+from ..storage.files import FileFormatError, atomic_write, first_line
+from ..training.config import SCHEDULE_UNITS, SCHEDULES, TrainConfig
+from ..training.data import DATASETS
+from ..training.trainer import TrainResult, train
 
-__all__ = ["main", "build_parser", "parse_args", "run", "summary_table", "PRESETS"]
+__all__ = ["main", "build_parser", "parse_args", "run", "summary_table"]
 
 
 class ConfigError(ValueError):
     """A configuration rejected before training (reported as ``oneprune: error: ...``, exit 2)."""
 
 
-@dataclass(frozen=True)
-class Preset:
-    """The recipe of one data set: published for CIFAR-10 and ImageNet; digits: CIFAR-10's, scaled.
-
-    Epoch-valued settings are given for a run of ``ref_epochs`` epochs and scaled to ``--epochs``.
-    Pruner options not listed take :class:`~oneprune_ext.pruning.config.PrunerConfig`'s defaults (the
-    published ones: layer limit 0.75, stability threshold 0.999, regularizer shrink, reduction 0.5).
-    """
-
-    epochs: int
-    batch_size: int
-    lr: float
-    schedule: str  # "step": x0.2 at 30/60/80/90 % of the run; "cosine": to 0
-    schedule_unit: str  # the scheduler steps once per "epoch" or every "iteration"
-    momentum: float
-    nesterov: bool
-    weight_decay: float
-    ref_epochs: int  # run length the epoch-valued settings below are given for
-    monitor_start: int
-    sl_start: int | str
-    sl_end: int
-    reg: float
-    reg_delta: float
-    reg_interval: int
-    reselect_at_prune: bool
-    model: str
-    input_shape: tuple[int, int, int]
-    workers: int
-
-
-PRESETS: dict[str, Preset] = {
-    # digits: the CIFAR-10 recipe, its 300-epoch schedule scaled down to --epochs
-    "digits": Preset(epochs=30, batch_size=32, lr=0.1, schedule="step", schedule_unit="epoch", momentum=0.9,
-                     nesterov=True, weight_decay=5e-4, ref_epochs=300, monitor_start=2, sl_start=30, sl_end=110,
-                     reg=1e-4, reg_delta=1e-4, reg_interval=1, reselect_at_prune=False, model="digits_cnn",
-                     input_shape=(1, 8, 8), workers=0),
-    # published CIFAR-10 (the authors' scripts/prune_cifar.sh and main_cifar.py)
-    "cifar10": Preset(epochs=300, batch_size=128, lr=0.1, schedule="step", schedule_unit="epoch", momentum=0.9,
-                      nesterov=True, weight_decay=5e-4, ref_epochs=300, monitor_start=2, sl_start=30, sl_end=110,
-                      reg=1e-4, reg_delta=1e-4, reg_interval=1, reselect_at_prune=False, model="resnet56",
-                      input_shape=(3, 32, 32), workers=4),
-    # published ImageNet (scripts/prune_imagenet.sh and main_imagenet.py: plain SGD, wd 1e-4, cosine
-    # per iteration, sparsity learning always from the automatic start, a fresh selection at the prune)
-    "imagenet": Preset(epochs=130, batch_size=256, lr=0.1, schedule="cosine", schedule_unit="iteration",
-                       momentum=0.9, nesterov=False, weight_decay=1e-4, ref_epochs=130, monitor_start=2,
-                       sl_start="auto", sl_end=50, reg=1e-4, reg_delta=1e-4, reg_interval=2,
-                       reselect_at_prune=True, model="resnet50", input_shape=(3, 224, 224), workers=8),
-}
-
-MODELS = ("digits_cnn", "resnet56", "vgg16", "resnet18", "resnet50")
-_MODEL_DATA = {
-    "digits_cnn": ("digits",),
-    "resnet56": ("cifar10",),
-    "vgg16": ("cifar10",),
-    "resnet18": ("cifar10", "imagenet"),
-    "resnet50": ("cifar10", "imagenet"),
-}
-
-
-def _scaled(value: int, epochs: int, ref_epochs: int, minimum: int) -> int:
-    return max(minimum, int(round(value * epochs / ref_epochs)))
+MODELS = tuple(dict.fromkeys(m for d in DATASETS.values() for m in d.models))  # every model some data set fits
 
 
 def _parse(text: str, cast: type, expected: str, ok, bound: str):
@@ -207,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("data and model")
-    g.add_argument("--data", choices=sorted(PRESETS), default="digits",
+    g.add_argument("--data", choices=sorted(DATASETS), default="digits",
                    help="digits: scikit-learn's bundled 8x8 digits (no download); cifar10 / imagenet: "
                         "read from --data-root, never downloaded (default: %(default)s)")
     g.add_argument("--data-root", default=None,
@@ -232,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Nesterov momentum (default: on for digits and cifar10, off for imagenet, as published)")
     g.add_argument("--weight-decay", type=_nonneg_float, default=None,
                    help="SGD weight decay (default: 5e-4 digits and cifar10, 1e-4 imagenet, as published)")
-    g.add_argument("--schedule", choices=("step", "cosine"), default=None,
+    g.add_argument("--schedule", choices=SCHEDULES, default=None,
                    help="learning-rate schedule: step = x0.2 at 30/60/80/90%% of the epochs; cosine = cosine "
                         "annealing to 0 (default: step, cosine for imagenet)")
     g.add_argument("--schedule-unit", choices=SCHEDULE_UNITS, default=None,
@@ -287,38 +230,28 @@ def _flags(message: str) -> str:
 
 def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
     """Fill the data set's presets in, check the combination and build ``args.pruner_config``."""
-    pre = PRESETS[args.data]
-    args.model = args.model or pre.model
-    if args.data not in _MODEL_DATA[args.model]:
-        parser.error(f"--model {args.model} does not fit --data {args.data} "
-                     f"(it is for --data {' or '.join(_MODEL_DATA[args.model])})")
+    ds = DATASETS[args.data]
+    rec = ds.recipe
+    args.model = args.model or ds.model
+    fits = [d for d in DATASETS if args.model in DATASETS[d].models]
+    if args.data not in fits:
+        parser.error(f"--model {args.model} does not fit --data {args.data} (it is for --data {' or '.join(fits)})")
     if args.data != "digits" and not args.data_root and not args.print_config:
         parser.error(f"--data {args.data} needs --data-root (nothing is downloaded)")
     if args.resume and not args.checkpoint:
         parser.error("--resume needs --checkpoint PATH")
-    args.epochs = args.epochs or pre.epochs
-    args.batch_size = args.batch_size or pre.batch_size
-    args.lr = pre.lr if args.lr is None else args.lr
+    args.epochs = args.epochs or ds.epochs
+    args.batch_size = args.batch_size or ds.batch_size
+    args.lr = rec.lr if args.lr is None else args.lr
     if not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
-    args.schedule = args.schedule or pre.schedule
-    args.schedule_unit = args.schedule_unit or pre.schedule_unit
-    args.momentum = pre.momentum if args.momentum is None else args.momentum
-    args.nesterov = pre.nesterov if args.nesterov is None else args.nesterov
-    args.weight_decay = pre.weight_decay if args.weight_decay is None else args.weight_decay
-    args.workers = pre.workers if args.workers is None else args.workers
-    e, ref = args.epochs, pre.ref_epochs
-    presets = {
-        "total_epochs": args.epochs,
-        "monitor_start": _scaled(pre.monitor_start, e, ref, 1),
-        "sl_start": pre.sl_start if pre.sl_start == "auto" else _scaled(int(pre.sl_start), e, ref, 1),
-        "sl_end": _scaled(pre.sl_end, e, ref, 1),
-        # the published reg numbers make the published shrink only at the published length
-        "reg": pre.reg if e == ref else "auto",
-        "reg_delta": pre.reg_delta,
-        "reg_interval": pre.reg_interval,
-        "reselect_at_prune": pre.reselect_at_prune,
-    }
+    args.schedule = args.schedule or rec.schedule
+    args.schedule_unit = args.schedule_unit or rec.schedule_unit
+    args.momentum = rec.momentum if args.momentum is None else args.momentum
+    args.nesterov = rec.nesterov if args.nesterov is None else args.nesterov
+    args.weight_decay = rec.weight_decay if args.weight_decay is None else args.weight_decay
+    args.workers = ds.workers if args.workers is None else args.workers
+    presets = rec.pruner_options(args.epochs)  # epoch settings scaled to --epochs, reg auto at another length
     try:
         args.pruner_config = PrunerConfig.from_args(args, **presets)
     except ValueError as err:
@@ -356,37 +289,11 @@ def _start_distributed(args: argparse.Namespace) -> bool:
     return True
 
 
-def _loaders(args: argparse.Namespace):
-    from ..training import data
-
-    shard = {"num_replicas": distributed.world_size(), "rank": distributed.rank()}
-    if args.data == "digits":
-        return data.digits_loaders(batch_size=args.batch_size, seed=args.seed, **shard)
-    if args.data == "cifar10":
-        return data.cifar10_loaders(args.data_root, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
-                                    **shard)
-    return data.imagenet_loaders(args.data_root, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
-                                 **shard)
-
-
-def _num_classes(args: argparse.Namespace, train_loader) -> int:
-    if args.data in ("digits", "cifar10"):
-        return 10
-    return len(train_loader.dataset.classes)
-
-
 def _build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     from ..training import models
 
     torch.manual_seed(args.seed)
     return models.build(args.model, num_classes, width=args.width)
-
-
-def _dense_checkpoint(path: str | None) -> str | None:
-    if path is None:
-        return None
-    root, ext = os.path.splitext(path)
-    return f"{root}.dense{ext or '.pt'}"
 
 
 def _fmt_count(n: int) -> str:
@@ -452,39 +359,39 @@ def run(args: argparse.Namespace) -> tuple[TrainResult, TrainResult | None, nn.M
     """
     from ..pruning.pruner import OneCyclePruner
 
-    train_loader, test_loader = _loaders(args)
-    num_classes = _num_classes(args, train_loader)
-    pre = PRESETS[args.data]
+    from ..training import data
+
+    train_loader, test_loader = data.loaders(args.data, args.data_root, batch_size=args.batch_size,
+                                             workers=args.workers, seed=args.seed,
+                                             num_replicas=distributed.world_size(), rank=distributed.rank())
+    num_classes = data.num_classes(args.data, train_loader)
     device = torch.device(args.device)
     group = torch.distributed.group.WORLD if distributed.world_size() > 1 else None
     main_rank = distributed.is_main_process()
-    common: dict[str, Any] = dict(epochs=args.epochs, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
-                                  weight_decay=args.weight_decay, schedule=args.schedule,
-                                  schedule_unit=args.schedule_unit, device=device,
-                                  progress=not args.no_progress and main_rank, seed=args.seed, resume=args.resume)
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+                         weight_decay=args.weight_decay, schedule=args.schedule, schedule_unit=args.schedule_unit,
+                         device=device, progress=not args.no_progress and main_rank, seed=args.seed,
+                         checkpoint=args.checkpoint, resume=args.resume)
     model = _build_model(args, num_classes).to(device)
-    example = torch.zeros((1, *pre.input_shape), device=device)
+    example = torch.zeros((1, *DATASETS[args.data].input_shape), device=device)
     try:
         pruner = OneCyclePruner(model, example, args.pruner_config, process_group=group)
     except ValueError as e:  # a configuration the pruner rejects (e.g. target unreachable)
         raise ConfigError(_flags(str(e))) from e
     out = _run_directory(args) if main_rank else None
-    if out is not None:
-        common["on_epoch"] = out.on_epoch("pruned")
-    pruned = train(model, train_loader, test_loader, pruner=pruner, checkpoint=args.checkpoint,
-                   desc="one-cycle", run_options=_run_options(args), **common)
+    pruned = train(model, train_loader, test_loader, config, pruner=pruner, desc="one-cycle", run_options=_run_options(args),
+                   callbacks=[out.metrics("pruned")] if out is not None else [])
     if args.save and main_rank:
         from ..storage.saving import save_pruned
 
         save_pruned(model, args.save)
     dense = dense_model = None
     if args.dense_baseline:
-        if out is not None:
-            common["on_epoch"] = out.on_epoch("dense")
         dense_model = _build_model(args, num_classes).to(device)
-        dense = train(dense_model, train_loader, test_loader, pruner=None,
+        dense = train(dense_model, train_loader, test_loader, config, pruner=None,
                       checkpoint=_dense_checkpoint(args.checkpoint), desc="dense",
-                      run_options=_run_options(args, pruned=False), **common)
+                      run_options=_run_options(args, pruned=False),
+                      callbacks=[out.metrics("dense")] if out is not None else [])
     if out is not None:
         args.outputs = _finish_run_directory(out, args, pruner, pruned, model, dense, dense_model, num_classes,
                                              len(train_loader))
@@ -510,26 +417,27 @@ def _finish_run_directory(out: Any, args: argparse.Namespace, pruner: Any, prune
     training = {k: v for k, v in resolved_config(args).items() if k != "pruner"}  # as --print-config shows it
     training.update({k: getattr(args, k, None) for k in ("width", "workers", "threads", "dense_baseline", "checkpoint",
                                                           "resume", "save", "out")})
-    model_info = {"name": args.model, "data": args.data, "input_shape": list(PRESETS[args.data].input_shape),
+    model_info = {"name": args.model, "data": args.data, "input_shape": list(DATASETS[args.data].input_shape),
                   "num_classes": num_classes, "width": args.width}
     return out.finish(pruned=pruned, pruner=pruner, model=model, dense=dense, dense_model=dense_model,
                       training=training, model_info=model_info, steps_per_epoch=steps_per_epoch, plots=args.plots)
 
 
 def _preset_name(data: str, epochs: int) -> str:
-    pre = PRESETS[data]
+    ref = DATASETS[data].recipe.epochs
     if data == "digits":
-        return f"digits: the published CIFAR-10 recipe scaled from {pre.ref_epochs} to {epochs} epochs"
-    if epochs == pre.ref_epochs:
+        return f"digits: the published CIFAR-10 recipe scaled from {ref} to {epochs} epochs"
+    if epochs == ref:
         return f"{data}: published"
-    return f"{data}: published, scaled from {pre.ref_epochs} to {epochs} epochs (reg auto)"
+    return f"{data}: published, scaled from {ref} to {epochs} epochs (reg auto)"
 
 
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
     """Everything a run of ``args`` would use, as plain JSON values (what ``--print-config`` prints)."""
     schedule: dict[str, Any] = {"kind": args.schedule, "unit": args.schedule_unit}
     if args.schedule == "step":
-        schedule.update(milestones=list(CIFAR_MILESTONES), gamma=CIFAR_GAMMA)
+        defaults = TrainConfig(epochs=args.epochs)  # the milestones and gamma train() uses
+        schedule.update(milestones=list(defaults.milestones), gamma=defaults.gamma)
     return {
         "data": args.data, "data_root": args.data_root, "model": args.model,
         "preset": _preset_name(args.data, args.epochs),
@@ -573,21 +481,17 @@ def _flag_of(option: str) -> str:
         else "--" + option.replace("_", "-")
 
 
+def _dense_checkpoint(path: str | None) -> str | None:
+    """The dense baseline's checkpoint, next to ``--checkpoint``: ``run.pt`` -> ``run.dense.pt``."""
+    return checkpoint.companion_path(path, "dense")
+
+
 def _check_resume(path: str | None, options: dict[str, Any], use: str) -> None:
     """``--resume``: the checkpoint is intact and was written by a run with the same options."""
-    from ..training.trainer import read_checkpoint, run_differences
-
-    if path is None or not os.path.exists(path):
-        return
     try:
-        data = read_checkpoint(path, use)
+        checkpoint.check_resume(path, options, use, flag_of=_flag_of)
     except ValueError as e:
-        raise ConfigError(_one_line(e)) from None
-    diff = run_differences(data.get("run_options"), options)
-    if diff:
-        named = ", ".join(f"{_flag_of(k)} {a!r} (saved) vs {b!r} (now)" for k, a, b in diff)
-        raise ConfigError(f"{use}: {path!r} was written by a run with other options: {named}; resume with the "
-                          "same options, or start a new run with another --checkpoint")
+        raise ConfigError(first_line(e)) from None
 
 
 def _rank() -> int:
@@ -597,10 +501,6 @@ def _rank() -> int:
     if dist.is_available() and dist.is_initialized():
         return distributed.rank()
     return int(os.environ.get("RANK", "0"))
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -617,7 +517,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
         try:
             files.check_writable(path, flag)
         except ValueError as e:
-            raise ConfigError(_one_line(e)) from None
+            raise ConfigError(first_line(e)) from None
         real = os.path.realpath(path)
         if real in seen:
             raise ConfigError(f"{flag} and {seen[real]} name the same file {path!r}; give each its own path")
@@ -665,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         preflight(args)
     except ConfigError as e:
-        print(f"oneprune: error: {_one_line(e)}", file=sys.stderr)
+        print(f"oneprune: error: {first_line(e)}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -675,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pruned, dense, _ = run(args)
         main_rank, world = distributed.is_main_process(), distributed.world_size()
     except (FileNotFoundError, ImportError, ConfigError, FileFormatError) as e:
-        print(f"oneprune: error: {_one_line(e)}", file=sys.stderr)
+        print(f"oneprune: error: {first_line(e)}", file=sys.stderr)
         return 2
     finally:
         if started:

@@ -1,4 +1,8 @@
-"""``FlopCounterMode`` that sees attention: the counter the cost model and the trainer count with.
+"""The package's one MAC counter: ``FlopCounterMode`` that sees attention, and :func:`count_macs`.
+
+The cost model (:mod:`oneprune_ext.graph.cost`) attributes this counter's FLOPs to each call and
+checks its closed form against them; the trainer, ``oneprune eval`` and the tests measure a whole
+model's MACs with :func:`count_macs`.
 
 ``torch.utils.flop_counter.FlopCounterMode`` is blind to some of the attention kernels PyTorch
 picks, so on a transformer it counts only part of the real work:
@@ -27,12 +31,15 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence, Union
 
 import torch
+import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["counting_flops", "attention_product_flops"]
+from .trace import evaluating
+
+__all__ = ["counting_flops", "count_macs", "count_params", "attention_product_flops"]
 
 aten = torch.ops.aten
 
@@ -80,3 +87,20 @@ def counting_flops() -> Iterator[FlopCounterMode]:
             yield fc
     finally:
         torch.backends.mha.set_fastpath_enabled(before)
+
+
+def count_macs(model: nn.Module, example: Union[torch.Tensor, Sequence[torch.Tensor]]) -> int:
+    """MACs of one forward pass on ``example`` (a tensor or a tuple of inputs; a batch of 1 gives
+    per-sample MACs): :func:`counting_flops`'s FLOPs / 2, in eval mode and without autograd,
+    attention included. The model's train / eval flags are restored. Equal to
+    :class:`oneprune_ext.CostModel`'s MACs for the same inputs.
+    """
+    inputs = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+    with evaluating(model.modules()), torch.no_grad(), counting_flops() as fc:
+        model(*inputs)
+    return int(fc.get_total_flops()) // 2
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameter entries (``numel`` sum over all parameters)."""
+    return sum(p.numel() for p in model.parameters())

@@ -33,12 +33,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from . import profiling
 from ..kernels import ops
 from ..graph.groups import ChannelGroup, ChannelGroups, Slice
 from ..kernels.memory_format import inverse_order, memory_order
 from ..graph.registry import update_module_attrs
 
-__all__ = ["prune_channels", "check_optimizer"]
+__all__ = ["prune_channels", "prune_to_kept", "check_optimizer"]
 
 # The in-place moves: many tensors, each along one dim, in one fused call.
 _compact_many = ops.compact_many_
@@ -441,7 +442,7 @@ def prune_channels(
         keep: group index -> sorted, distinct kept channel indices (ints or a 1-D
             integer tensor); groups not listed keep all channels. Or a list with one
             entry per group, in the groups' order (``None`` keeps a group whole), e.g. a
-            :class:`~oneprune_ext.pruning.select.Selection`'s ``kept_indices``.
+            :class:`~oneprune_ext.pruning.selection.Selection`'s ``kept_indices``.
         optimizer: optional; its per-parameter state tensors of the parameter's shape are
             compacted along the same dims (any ``torch.optim`` optimizer with per-element
             state: SGD, Adam, AdamW, NAdam, RAdam, Adamax, Adagrad, RMSprop, ...).
@@ -494,3 +495,19 @@ def prune_channels(
         del jobs, views
     _update_module_attrs(model, shapes, set(by_tensor))
     return _new_groups(groups, masks, kept_idx)
+
+
+def prune_to_kept(model: nn.Module, dense_groups: ChannelGroups, keep: Sequence[torch.Tensor],
+                  optimizer: Optional[torch.optim.Optimizer], layout: Any) -> ChannelGroups:
+    """Cut ``model`` (traced into ``dense_groups``) to the ``keep`` channels of each group and rebuild
+    the kernels' ``layout`` for it; returns the groups of the pruned model.
+
+    The whole cut is validated before anything changes (see :func:`prune_channels`). Runs inside
+    the profiler ranges ``oneprune::compaction`` and ``oneprune::layout_rebuild``.
+    """
+    cut = {gi: k for gi, k in enumerate(keep) if int(k.numel()) < dense_groups[gi].size}
+    with torch.no_grad(), profiling.span("compaction"):
+        groups = prune_channels(model, dense_groups, cut, optimizer)
+    with profiling.span("layout_rebuild"):
+        layout.rebuild(groups)  # the dense cost model stays exact: it is a polynomial of kept counts
+    return groups

@@ -8,7 +8,8 @@ command line parses it. Adding an option means adding one field here; the pruner
 from ``pruner.config``, the CLI gets a ``--flag`` for it and checkpoints record it.
 
 Epochs are 0-based epoch indices of one run of ``total_epochs`` epochs; ``reduction`` is the
-fraction of the dense MACs (or parameters) removed.
+fraction of the dense MACs (or parameters) removed. The defaults are the published CIFAR-10
+recipe's pruning settings (:data:`oneprune_ext.pruning.recipes.CIFAR10`).
 
 Adding an option, e.g. a switch::
 
@@ -29,8 +30,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+from .recipes import CIFAR10
+
 __all__ = ["PrunerConfig", "option", "TARGETS", "REGULARIZERS", "SALIENCY_PARAMS", "boolean", "int_at_least",
-           "real_in", "one_of"]
+           "real_in", "one_of", "is_int", "is_real", "config_with_options"]
 
 TARGETS = ("macs", "params")
 REGULARIZERS = ("shrink", "group_lasso", "both")
@@ -41,17 +44,19 @@ SALIENCY_PARAMS = ("published", "all")
 # Each takes (name, value) and returns the normalised value or raises ValueError naming the option.
 
 
-def _is_int(x: Any) -> bool:
+def is_int(x: Any) -> bool:
+    """An integer that is not a bool (``True`` is not an epoch or a count)."""
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def _is_real(x: Any) -> bool:
+def is_real(x: Any) -> bool:
+    """A real number that is not a bool."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def int_at_least(lo: int, unit: str = "epochs") -> Callable[[str, Any], int]:
     def check(name: str, v: Any) -> int:
-        if not _is_int(v):
+        if not is_int(v):
             raise ValueError(f"{name} must be an int ({unit}), got {v!r}")
         if v < lo:
             raise ValueError(f"{name} must be >= {lo}, got {v}")
@@ -61,7 +66,7 @@ def int_at_least(lo: int, unit: str = "epochs") -> Callable[[str, Any], int]:
 
 def real_in(lo: float, hi: float, lo_open: bool, hi_open: bool, what: str) -> Callable[[str, Any], float]:
     def check(name: str, v: Any) -> float:
-        ok = _is_real(v) and math.isfinite(float(v))
+        ok = is_real(v) and math.isfinite(float(v))
         if ok:
             f = float(v)
             ok = (f > lo if lo_open else f >= lo) and (f < hi if hi_open else f <= hi)
@@ -87,7 +92,7 @@ def boolean(name: str, v: Any) -> bool:
 
 
 def _is_nonneg_real(v: Any) -> bool:
-    return _is_real(v) and math.isfinite(float(v)) and float(v) >= 0.0
+    return is_real(v) and math.isfinite(float(v)) and float(v) >= 0.0
 
 
 def _nonneg_real(name: str, v: Any) -> float:
@@ -107,7 +112,7 @@ def _reg_or_auto(name: str, v: Any) -> Union[float, str]:
 def _epoch_or_auto(name: str, v: Any) -> Union[int, str]:
     if v == "auto":
         return "auto"
-    if not _is_int(v) or v < 0:
+    if not is_int(v) or v < 0:
         raise ValueError(f"{name} must be an int (0-based epoch) or 'auto', got {v!r}")
     return int(v)
 
@@ -115,7 +120,7 @@ def _epoch_or_auto(name: str, v: Any) -> Union[int, str]:
 def _optional_positive_int(name: str, v: Any) -> Optional[int]:
     if v is None:
         return None
-    if not _is_int(v) or v < 1:
+    if not is_int(v) or v < 1:
         raise ValueError(f"{name} must be a positive int or None, got {v!r}")
     return int(v)
 
@@ -202,51 +207,51 @@ class PrunerConfig:
         0.5, "fraction of the dense model's MACs (or parameters) to remove, in (0, 1)",
         real_in(0.0, 1.0, True, True, "0.5 = half removed"), metavar="FRACTION")
     monitor_start: int = option(
-        2, "0-based epoch at which the sub-network search and stability monitoring start", int_at_least(0),
+        CIFAR10.monitor_start, "0-based epoch at which the sub-network search and stability monitoring start", int_at_least(0),
         metavar="EPOCH")
     sl_start: Union[int, str] = option(
-        30, "0-based epoch at which sparsity learning starts (>= monitor_start), or 'auto' (the first "
+        CIFAR10.sl_start, "0-based epoch at which sparsity learning starts (>= monitor_start), or 'auto' (the first "
             "plateau of the stability indicator after epoch 3)", _epoch_or_auto,
         parse=_cli_epoch_or_auto, metavar="EPOCH|auto")
     sl_end: int = option(
-        110, "0-based epoch by whose end the model is pruned at the latest, if it was not stable before "
+        CIFAR10.sl_end, "0-based epoch by whose end the model is pruned at the latest, if it was not stable before "
              "(monitor_start < sl_end < total_epochs)", int_at_least(0), metavar="EPOCH")
     reg: Union[float, str] = option(
-        1e-4, "regularisation strength at the start of sparsity learning (>= 0), growing by reg_delta every "
+        CIFAR10.reg, "regularisation strength at the start of sparsity learning (>= 0), growing by reg_delta every "
               "reg_interval epochs; or 'auto': shrink the channels chosen for removal along the published "
               "CIFAR-10 curve (sum of reg*lr over the steps about 8.3 by sl_end, a factor of about 2.4e-4) "
               "whatever the number of epochs, steps per epoch and lr (reg_delta and reg_interval unused)",
         _reg_or_auto, parse=_cli_reg_or_auto, metavar="REG|auto")
     reg_delta: float = option(
-        1e-4, "added to the regularisation strength every reg_interval epochs (>= 0)", _nonneg_real)
+        CIFAR10.reg_delta, "added to the regularisation strength every reg_interval epochs (>= 0)", _nonneg_real)
     reg_interval: int = option(
-        1, "epochs between increases of the regularisation strength (1 for CIFAR, 2 for ImageNet as "
+        CIFAR10.reg_interval, "epochs between increases of the regularisation strength (1 for CIFAR, 2 for ImageNet as "
            "published)", int_at_least(1), metavar="EPOCHS")
     regularizer: str = option(
-        "shrink", "shrink: scale the channels chosen for removal by (1 - reg*lr) after each optimizer step "
+        CIFAR10.regularizer, "shrink: scale the channels chosen for removal by (1 - reg*lr) after each optimizer step "
                   "(what produced the published numbers: the published penalty term is computed under "
                   "no_grad); group_lasso: add the gradient of the penalty reg*sum_c ||g_c|| the paper "
                   "describes (this project's extension; SGD momentum amplifies it about tenfold); both",
         one_of(REGULARIZERS), choices=REGULARIZERS)
     saliency_params: str = option(
-        "published", "which weights count in the saliency, the cost share and the shrink: published = conv/"
+        CIFAR10.saliency_params, "which weights count in the saliency, the cost share and the shrink: published = conv/"
                      "linear rows and columns and BatchNorm weights (depthwise-conv, LayerNorm and layer-scale "
                      "weights left out, as published); all = every coupled slice, depthwise-conv, "
                      "LayerNorm and layer-scale weights included (only MobileNet/ConvNeXt-style models differ)",
         one_of(SALIENCY_PARAMS), choices=SALIENCY_PARAMS)
     reselect_at_prune: bool = option(
-        False, "choose the sub-network once more at the end of the prune epoch, from the weights its "
+        CIFAR10.reselect_at_prune, "choose the sub-network once more at the end of the prune epoch, from the weights its "
                "training left, instead of pruning the one chosen at its start (the published ImageNet loop)",
         boolean)
     stability_threshold: float = option(
-        0.999, "prune when the stability indicator (mean Jaccard similarity of recent sub-networks, "
+        CIFAR10.stability_threshold, "prune when the stability indicator (mean Jaccard similarity of recent sub-networks, "
                "0..1) reaches this, in (0, 1]", real_in(0.0, 1.0, True, False, "an indicator value"),
         metavar="PSI")
     layer_limit: float = option(
-        0.75, "at most this fraction of a layer's C channels may be removed (times 1 - exp(-k*C)), in [0, 1]",
+        CIFAR10.layer_limit, "at most this fraction of a layer's C channels may be removed (times 1 - exp(-k*C)), in [0, 1]",
         real_in(0.0, 1.0, False, False, "fraction of a group removable"), metavar="FRACTION")
     layer_limit_k: float = option(
-        1.0, "k of the layer limit above (> 0)", real_in(0.0, math.inf, True, True, "> 0"), metavar="K")
+        CIFAR10.layer_limit_k, "k of the layer limit above (> 0)", real_in(0.0, math.inf, True, True, "> 0"), metavar="K")
     round_to: Optional[int] = option(
         None, "keep channel counts multiples of this (none: no rounding)", _optional_positive_int,
         parse=_cli_number(int, int_at_least(1, "channels")), metavar="N")
@@ -357,3 +362,40 @@ class PrunerConfig:
     def describe(self) -> str:
         """One line: ``name=value`` for every option."""
         return ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+
+
+def config_with_options(model: Any, config: Optional[PrunerConfig], options: dict[str, Any]) -> PrunerConfig:
+    """The config of ``OneCyclePruner(model, x, config, **options)``: keywords override ``config``'s fields;
+    ``ignored_layers`` may name modules of ``model`` or be the modules themselves."""
+    if config is not None and not isinstance(config, PrunerConfig):
+        raise TypeError(f"OneCyclePruner: config must be a PrunerConfig, got {type(config).__name__} "
+                        "(pass options as keywords, or PrunerConfig(**options))")
+    known = {f.name for f in dataclasses.fields(PrunerConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"OneCyclePruner: unknown option(s) {unknown}; the options are {sorted(known)}")
+    if "ignored_layers" in options:
+        options = dict(options, ignored_layers=_layer_names(model, options["ignored_layers"]))
+    if config is not None:
+        return dataclasses.replace(config, **options)
+    if "total_epochs" not in options:
+        raise ValueError("OneCyclePruner: total_epochs is required (the length of the run, in epochs)")
+    return PrunerConfig(**options)
+
+
+def _layer_names(model: Any, layers: Any) -> tuple[str, ...]:
+    """Module names of ``layers`` (modules of ``model`` or names)."""
+    import torch.nn as nn
+
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    name_of = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for m in layers:
+        if isinstance(m, nn.Module):
+            if id(m) not in name_of:
+                raise ValueError(f"ignored_layers: {type(m).__name__} module is not part of the model")
+            out.append(name_of[id(m)])
+        else:
+            out.append(m)
+    return tuple(out)

@@ -45,12 +45,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from typing import Any, Callable, Optional, TypeVar
 
 import torch
 from torch.autograd.profiler import record_function
 
-__all__ = ["RANGE_PREFIX", "profiler_active", "span", "spanned", "hook", "DeviceClock"]
+__all__ = ["RANGE_PREFIX", "profiler_active", "span", "spanned", "hook", "timed", "HookClock", "DeviceClock"]
 
 #: Every range the pruner opens is named ``RANGE_PREFIX + <what>``.
 RANGE_PREFIX = "oneprune::"
@@ -85,29 +86,115 @@ def spanned(what: str) -> Callable[[_F], _F]:
     return deco
 
 
-def hook(what: str) -> Callable[[_F], _F]:
-    """Decorator of a pruner hook method: the range ``oneprune::<what>`` and, on CUDA, an event
-    pair on the pruner's :class:`DeviceClock` (``self._clock``). The undecorated method stays
-    reachable as ``__wrapped__`` (the range benchmark times both)."""
+_RANGES = ("profiler", "never", "always")
+
+
+def _call_timed(clock: "HookClock", what: str, name: str, ranges: str, fn: Callable[..., Any],
+                args: tuple, kwargs: dict) -> Any:
+    """``fn(*args, **kwargs)`` with its host seconds (and, on CUDA, an event pair) into ``clock[what]``,
+    inside the range ``name`` as ``ranges`` says."""
+    rf = None
+    if ranges == "always" or (ranges == "profiler" and _profiler_enabled()):
+        rf = record_function(name)
+        rf.__enter__()
+    token = clock.device.start() if clock.on_cuda() else None
+    t0 = time.perf_counter()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        clock.host[what] += time.perf_counter() - t0
+        if token is not None:
+            clock.device.stop(what, token)
+        if rf is not None:
+            rf.__exit__(None, None, None)
+
+
+def hook(what: str, ranges: str = "profiler") -> Callable[[_F], _F]:
+    """Decorator of a pruner hook method: all of a hook's timing, and its profiler range.
+
+    Each call adds its host seconds to the pruner's :class:`HookClock` (``self._clock``) and, while
+    the model is on CUDA, records an event pair on its :class:`DeviceClock`. ``ranges``:
+    ``"profiler"`` (default) opens the range ``oneprune::<what>`` only while a profiler is active,
+    ``"never"`` / ``"always"`` never / unconditionally (``benchmarks/bench_ranges.py`` compares the
+    three). The undecorated method stays reachable as ``__wrapped__``.
+    """
+    if ranges not in _RANGES:
+        raise ValueError(f"hook: ranges must be one of {_RANGES}, got {ranges!r}")
     name = RANGE_PREFIX + what
 
     def deco(fn: _F) -> _F:
         @functools.wraps(fn)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            clock: DeviceClock = self._clock
-            rf = record_function(name) if _profiler_enabled() else None
-            if rf is not None:
-                rf.__enter__()
-            token = clock.start() if clock.probe is not None and clock.probe.is_cuda else None
-            try:
-                return fn(self, *args, **kwargs)
-            finally:
-                if token is not None:
-                    clock.stop(what, token)
-                if rf is not None:
-                    rf.__exit__(None, None, None)
+            return _call_timed(self._clock, what, name, ranges, fn, (self, *args), kwargs)
         return wrapper  # type: ignore[return-value]
     return deco
+
+
+def timed(fn: Callable[..., Any], clock: "HookClock", what: str, ranges: str = "never") -> Callable[..., Any]:
+    """``fn`` timed into ``clock`` under ``what``, the way :func:`hook` times a pruner hook (used by
+    ``oneprune profile`` for the per-layer loop it compares the hooks with)."""
+    if ranges not in _RANGES:
+        raise ValueError(f"timed: ranges must be one of {_RANGES}, got {ranges!r}")
+    name = RANGE_PREFIX + what
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return _call_timed(clock, what, name, ranges, fn, args, kwargs)
+    return wrapper
+
+
+class HookClock:
+    """Seconds spent in each hook: host (wall) time always, device time while the model is on CUDA.
+
+    Args:
+        hooks: the hook names.
+        probe: one of the pruned model's parameters (see :class:`DeviceClock`).
+
+    Attributes:
+        host: host seconds per hook.
+        device: the :class:`DeviceClock`.
+    """
+
+    def __init__(self, hooks: tuple[str, ...], probe: Optional[torch.Tensor]) -> None:
+        self.hooks = tuple(hooks)
+        self.host: dict[str, float] = {h: 0.0 for h in self.hooks}
+        self.device = DeviceClock(self.hooks, probe)
+
+    def on_cuda(self) -> bool:
+        probe = self.device.probe
+        return probe is not None and probe.is_cuda
+
+    @property
+    def pending(self) -> int:
+        """Timed calls whose device time is not resolved yet."""
+        return self.device.pending
+
+    def stats(self) -> dict[str, float]:
+        """Seconds spent in each hook, accumulated (``OneCyclePruner.stats``).
+
+        Host (wall) seconds, keys ``epoch_start``, ``before_step``, ``after_step``, ``epoch_end``
+        and ``total`` (their sum): the time the calling thread spent inside the hook. On the CPU
+        that is the hook's whole cost; on a GPU the hooks only launch kernels.
+
+        Device seconds, only while the model is on CUDA: ``<hook>_device`` and ``total_device``,
+        from a CUDA event pair around each hook call on the current stream (:class:`DeviceClock`).
+        The step path never synchronises: the events are read at the end of each ``epoch_end``
+        (then the totals are complete) and, for calls already finished on the device, here.
+        """
+        out = {h: self.host[h] for h in self.hooks}
+        out["total"] = sum(out.values())
+        out.update(self.device.stats())
+        return out
+
+    def saved(self) -> dict[str, float]:
+        """What a saved state records: the host seconds per hook and the device ones."""
+        return {**{h: self.host[h] for h in self.hooks}, **self.device.stats()}
+
+    def load(self, stats: Any) -> None:
+        """Restore :meth:`saved` (hooks missing from ``stats`` count 0)."""
+        for h in self.hooks:
+            self.host[h] = stats.get(h, 0.0)
+        self.device.load(stats)
 
 
 class DeviceClock:

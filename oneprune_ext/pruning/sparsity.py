@@ -12,7 +12,9 @@ reaches ``S = 8.32`` by the end of ``sl_end``, a factor of about 2.4e-4: the pru
 that are already nearly zero. The same ``reg`` numbers on a short schedule shrink far less (45 steps
 x 9 epochs of the digits demo: ``S = 0.012``, a factor 0.99), and the prune becomes a blind cut.
 
-``reg="auto"`` (:class:`AutoShrink`) keeps ``S`` on the published curve whatever the number of
+A fixed ``reg`` (:class:`ScheduledReg`) gives every step of epoch ``t`` the strength
+:func:`~oneprune_ext.pruning.schedule.scheduled_reg` ``(t)``. ``reg="auto"`` (:class:`AutoShrink`)
+keeps ``S`` on the published curve (:data:`~oneprune_ext.pruning.recipes.CIFAR10`) whatever the number of
 epochs, steps per epoch and learning rate: at each sparsity-learning epoch it plans the share of the
 curve that epoch covers, spreads it evenly over the epoch's steps (the step count of the previous
 epoch, counted by the pruner), and gives every step its ``reg * lr``. Anything the plan could not
@@ -23,20 +25,15 @@ arithmetic on Python floats: no device work, no synchronisation.
 
 from __future__ import annotations
 
-import bisect
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Protocol
 
-__all__ = ["PUBLISHED_CIFAR", "ShrinkCurve", "AutoShrink", "published_shrink_curve", "schedule_shrink"]
+from .recipes import CIFAR10
+from .schedule import Schedule, scheduled_reg
 
-#: The published CIFAR-10 recipe that ``reg="auto"`` follows (batch 128 on 50,000 images: 391 steps
-#: per epoch; lr 0.1, x0.2 at 30/60/80/90 % of 300 epochs; reg 1e-4 + 1e-4 per epoch from sl_start
-#: 30 to sl_end 110, as this project schedules it: sparsity learning from sl_start with reg0).
-PUBLISHED_CIFAR: Mapping[str, Any] = {
-    "total_epochs": 300, "steps_per_epoch": 391, "lr": 0.1, "milestones": (0.3, 0.6, 0.8, 0.9), "gamma": 0.2,
-    "sl_start": 30, "sl_end": 110, "reg": 1e-4, "reg_delta": 1e-4, "reg_interval": 1,
-}
+__all__ = ["ShrinkCurve", "Strength", "ScheduledReg", "AutoShrink", "strength_for",
+           "published_shrink_curve", "schedule_shrink"]
 
 
 def schedule_shrink(
@@ -51,22 +48,19 @@ def schedule_shrink(
     """
     out, s = [], 0.0
     for t in range(sl_start, sl_end + 1):
-        r = reg + reg_delta * ((t - sl_start) // reg_interval)
+        r = scheduled_reg(t, sl_start=sl_start, reg=reg, reg_delta=reg_delta, reg_interval=reg_interval)
         s += steps_per_epoch * r * float(lr_at(t))
         out.append(s)
     return out
 
 
 def published_shrink_curve() -> list[float]:
-    """``S`` at the end of each of the 81 sparsity-learning epochs of the published CIFAR-10 recipe."""
-    p = PUBLISHED_CIFAR
-    steps = sorted(max(1, int(round(m * p["total_epochs"]))) for m in p["milestones"])
-
-    def lr_at(t: int) -> float:
-        return p["lr"] * p["gamma"] ** bisect.bisect_right(steps, t)
-
-    return schedule_shrink(sl_start=p["sl_start"], sl_end=p["sl_end"], steps_per_epoch=p["steps_per_epoch"],
-                           lr_at=lr_at, reg=p["reg"], reg_delta=p["reg_delta"], reg_interval=p["reg_interval"])
+    """``S`` at the end of each of the 81 sparsity-learning epochs of the published CIFAR-10 recipe
+    (:data:`~oneprune_ext.pruning.recipes.CIFAR10`: 391 steps per epoch, its step schedule, ``reg``
+    1e-4 + 1e-4 per epoch from ``sl_start`` 30 to ``sl_end`` 110, as this project schedules it)."""
+    r = CIFAR10
+    return schedule_shrink(sl_start=int(r.sl_start), sl_end=r.sl_end, steps_per_epoch=r.steps_per_epoch,
+                           lr_at=r.lr_at, reg=r.reg, reg_delta=r.reg_delta, reg_interval=r.reg_interval)
 
 
 @dataclass(frozen=True)
@@ -106,8 +100,74 @@ class ShrinkCurve:
 
 
 #: Steps per epoch assumed for an epoch whose length is not known yet (nothing counted before it);
-#: what that epoch leaves undone is carried into the next one.
-DEFAULT_STEPS_PER_EPOCH = 391
+#: what that epoch leaves undone is carried into the next one (the published CIFAR-10 epoch's 391).
+DEFAULT_STEPS_PER_EPOCH = CIFAR10.steps_per_epoch
+
+
+class Strength(Protocol):
+    """How strong sparsity learning is on each step: :class:`ScheduledReg` or :class:`AutoShrink`.
+
+    All host arithmetic on Python floats; the amounts are turned into device values by the
+    regularizer's :class:`~oneprune_ext.pruning.regularizers.ArmedChannels`.
+    """
+
+    def plan(self, epoch: int, steps_per_epoch: Optional[int], last_lr: Optional[float]) -> tuple[float, float]:
+        """At the start of sparsity-learning epoch ``epoch``: the group-lasso ``reg`` of its first
+        step and the shrink factor to start from. ``steps_per_epoch``: steps of the last epoch that
+        had any (None before); ``last_lr``: the latest learning rate seen (None before)."""
+        ...
+
+    def take_step(self, lr: float) -> float:
+        """The ``reg * lr`` of the step just taken with learning rate ``lr``."""
+        ...
+
+    def next_reg(self, lr: float) -> Optional[float]:
+        """The group-lasso ``reg`` of the next step after a step at ``lr``; None: unchanged."""
+        ...
+
+    def epoch_reg(self, reg: float, epoch_shrink: float, epoch_lr_sum: float) -> float:
+        """At the epoch's end: the strength to report for it (``reg``: the current one)."""
+        ...
+
+    def reg_at(self, epoch: int, current: bool, last_lr: Optional[float]) -> float:
+        """The strength of ``epoch``'s steps (``current``: it is the epoch now running)."""
+        ...
+
+    def state_dict(self) -> Optional[dict[str, Any]]:
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        ...
+
+
+class ScheduledReg:
+    """A fixed ``reg``: every step of epoch ``t`` has ``reg(t)`` (:meth:`Schedule.reg_at`)."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+        self._reg = 0.0
+
+    def plan(self, epoch: int, steps_per_epoch: Optional[int], last_lr: Optional[float]) -> tuple[float, float]:
+        self._reg = self.schedule.reg_at(epoch)
+        return self._reg, 1.0
+
+    def take_step(self, lr: float) -> float:
+        return self._reg * lr
+
+    def next_reg(self, lr: float) -> Optional[float]:
+        return None
+
+    def epoch_reg(self, reg: float, epoch_shrink: float, epoch_lr_sum: float) -> float:
+        return reg
+
+    def reg_at(self, epoch: int, current: bool, last_lr: Optional[float]) -> float:
+        return self.schedule.reg_at(epoch)
+
+    def state_dict(self) -> None:
+        return None
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
 
 
 class AutoShrink:
@@ -115,15 +175,20 @@ class AutoShrink:
 
     Per sparsity-learning epoch ``e`` of the window ``[sl_start, sl_end]`` (``W`` epochs): the target
     at its end is ``curve.at((e - sl_start + 1) / W)``; what is missing to it (``target - applied``)
-    is divided evenly over ``steps_per_epoch`` steps; steps past that get nothing. The pruner turns a
-    step's amount ``a`` into the shrink factor ``1 - a`` and, for the group-lasso gradient, into
-    ``reg = a / lr``.
+    is divided evenly over ``steps_per_epoch`` steps; steps past that get nothing. A step's amount
+    ``a`` becomes the shrink factor ``1 - a`` and, for the group-lasso gradient, ``reg = a / lr``.
+
+    Args:
+        schedule: the run's schedule (``sl_start`` once resolved, ``sl_end``); None for the bare
+            planner (:meth:`plan_epoch` only).
+        curve: the curve to follow (default: the published CIFAR-10 one).
 
     Attributes:
         applied: ``S`` handed out so far (sum of every step's amount).
     """
 
-    def __init__(self, curve: Optional[ShrinkCurve] = None) -> None:
+    def __init__(self, schedule: Optional[Schedule] = None, curve: Optional[ShrinkCurve] = None) -> None:
+        self.schedule = schedule
         self.curve = curve or ShrinkCurve.published()
         self.applied = 0.0
         self._per_step = 0.0
@@ -143,7 +208,7 @@ class AutoShrink:
         """The amount the next step gets (0.0 once the epoch's plan is used up)."""
         return self._per_step if self._left > 0 else 0.0
 
-    def take_step(self) -> float:
+    def take_step(self, lr: float = 0.0) -> float:
         """The amount of the step just taken; advances the plan."""
         if self._left <= 0:
             return 0.0
@@ -155,6 +220,25 @@ class AutoShrink:
         """No more steps in this epoch's plan (end of the epoch)."""
         self._left = 0
 
+    # ------------------------------------------------------------------ as a Strength
+    def plan(self, epoch: int, steps_per_epoch: Optional[int], last_lr: Optional[float]) -> tuple[float, float]:
+        assert self.schedule is not None and self.schedule.sl_start is not None
+        per_step = self.plan_epoch(epoch, self.schedule.sl_start, self.schedule.config.sl_end, steps_per_epoch)
+        return (per_step / last_lr if last_lr else 0.0), 1.0 - per_step
+
+    def next_reg(self, lr: float) -> Optional[float]:
+        return self.per_step / lr if lr > 0 else 0.0
+
+    def epoch_reg(self, reg: float, epoch_shrink: float, epoch_lr_sum: float) -> float:
+        self.stop()
+        return epoch_shrink / epoch_lr_sum if epoch_lr_sum > 0 else reg  # the epoch's shrink over its lrs
+
+    def reg_at(self, epoch: int, current: bool, last_lr: Optional[float]) -> float:
+        s = self.schedule
+        if s is None or not s.sparsity_learning(epoch) or s.pruned or not current or not last_lr:
+            return 0.0
+        return self.per_step / last_lr
+
     def state_dict(self) -> dict[str, Any]:
         return {"applied": self.applied, "per_step": self._per_step, "left": self._left}
 
@@ -163,3 +247,7 @@ class AutoShrink:
         self._per_step = float(state.get("per_step", 0.0))
         self._left = int(state.get("left", 0))
 
+
+def strength_for(schedule: Schedule) -> Strength:
+    """:class:`AutoShrink` for ``reg="auto"``, else :class:`ScheduledReg`."""
+    return AutoShrink(schedule) if schedule.config.reg == "auto" else ScheduledReg(schedule)

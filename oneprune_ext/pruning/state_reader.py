@@ -10,18 +10,15 @@ and the pruner stay as they were.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from .select import Selection, StabilityTracker
+from .config import is_int, is_real
+from .selection import Selection
+from .stability import StabilityTracker
 
 __all__ = ["StateReader"]
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 class StateReader:
@@ -43,14 +40,14 @@ class StateReader:
     def int(self, v: Any, what: str, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
         if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.dtype.is_floating_point:
             v = v.item()
-        if not _is_int(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        if not is_int(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
             rng = f" in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
             raise self.bad(f"{what} must be an int{rng if lo is not None or hi is not None else ''}, got {v!r}")
         return int(v)
 
     def number(self, what: str, v: Any) -> float:
         """A finite float >= 0 (seconds, regularisation strengths)."""
-        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(float(v)) or v < 0:
+        if not is_real(v) or not math.isfinite(float(v)) or v < 0:
             raise self.bad(f"{what} must be a finite number >= 0, got {v!r}")
         return float(v)
 
@@ -86,7 +83,7 @@ class StateReader:
         return {k: self.int(x, f"{key}[{k!r}]") for k, x in v.items()}
 
     def _index_set(self, v: Any, what: str, size: int) -> torch.Tensor:
-        if isinstance(v, (list, tuple)) and all(_is_int(x) for x in v):
+        if isinstance(v, (list, tuple)) and all(is_int(x) for x in v):
             v = torch.tensor(list(v), dtype=torch.int64)
         if (not isinstance(v, torch.Tensor) or v.dim() != 1 or v.dtype.is_floating_point or v.dtype == torch.bool
                 or v.is_complex()):

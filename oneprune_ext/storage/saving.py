@@ -31,7 +31,7 @@ import torch.nn as nn
 from . import files
 from ..graph.registry import restore_attrs, structure_attrs
 
-__all__ = ["save_pruned", "load_pruned", "structure_record", "atomic_save"]
+__all__ = ["save_pruned", "load_pruned", "structure_record"]
 
 _FORMAT = "oneprune_ext.pruned/1"  # layout of the structure record
 _KIND, _VERSION = "oneprune_ext.pruned", 2
@@ -50,12 +50,6 @@ def structure_record(model: nn.Module) -> dict[str, Any]:
         "tensors": {k: list(v.shape) for k, v in model.state_dict().items()},
         "layers": layers,
     }
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` atomically: a temporary file in the same folder, fsync, then
-    ``os.replace``, so a crash never leaves a half-written file at ``path``."""
-    files.atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_pruned(model: nn.Module, path: str | os.PathLike) -> None:

@@ -1,4 +1,4 @@
-"""``oneprune eval DIR_OR_FILE``: accuracy, exact cost and latency of a pruned model.
+"""Accuracy, exact cost and latency of a pruned model, measured (``oneprune eval DIR_OR_FILE``).
 
 Examples::
 
@@ -26,19 +26,16 @@ meaningless and not shown). Model, data set, input shape and batch default to wh
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
-import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
-__all__ = ["ModelEval", "evaluate_model", "measure_latency", "main"]
+__all__ = ["ModelEval", "evaluate_model", "measure_latency", "locate", "Target", "test_loader", "load_model", "table"]
 
 
 @dataclass
@@ -97,7 +94,8 @@ def measure_latency(model: nn.Module, x: torch.Tensor, warmup: int = 3, repeat: 
 def evaluate_model(model: nn.Module, label: str, x: torch.Tensor, test_loader: Any = None, *, warmup: int = 3,
                    repeat: int = 20) -> ModelEval:
     """Accuracy on ``test_loader`` (when given), exact MACs / params and the latency over batch ``x``."""
-    from ..training.trainer import count_macs, count_params, evaluate
+    from ..graph.flops import count_macs, count_params
+    from ..training.trainer import evaluate
 
     acc = evaluate(model, test_loader, x.device) if test_loader is not None else None
     times = measure_latency(model, x, warmup, repeat)
@@ -111,13 +109,15 @@ def evaluate_model(model: nn.Module, label: str, x: torch.Tensor, test_loader: A
 
 
 @dataclass
-class _Target:
+class Target:
+    """What ``oneprune eval`` loads: the model file, the dense baseline's (or None), the run's report."""
+
     model_file: str
     dense_file: Optional[str]
     report: Optional[dict[str, Any]]
 
 
-def _locate(path: str) -> _Target:
+def locate(path: str) -> Target:
     from ..training.report import DENSE_MODEL_FILE, MODEL_FILE, REPORT_FILE, load_report
 
     if os.path.isdir(path):
@@ -139,52 +139,19 @@ def _locate(path: str) -> _Target:
     dense_file = os.path.join(directory, DENSE_MODEL_FILE) if report is not None else None
     if dense_file is not None and not os.path.exists(dense_file):
         dense_file = None
-    return _Target(model_file, dense_file, report)
+    return Target(model_file, dense_file, report)
 
 
-def _settings(args: argparse.Namespace, report: Optional[dict[str, Any]]) -> dict[str, Any]:
-    """Model, data and shapes: the flags, else what the run's report recorded, else defaults."""
-    from ..training import models
-
-    rec = (report or {}).get("model") or {}
-    training = ((report or {}).get("config") or {}).get("training") or {}
-    name = args.model or rec.get("name")
-    if not name:
-        raise ValueError("which architecture is this? give --model (e.g. --model resnet56); a run directory "
-                         "records it in its report.json")
-    data = args.data or rec.get("data")
-    classes = args.num_classes or rec.get("num_classes") or (10 if data in ("digits", "cifar10") or
-                                                             name in models.BUNDLED else 1000)
-    from .profile import parse_shape
-
-    shape = parse_shape(args.input) if args.input else tuple(rec.get("input_shape") or models.default_input_shape(name))
-    return {
-        "model": name, "data": data, "num_classes": int(classes), "input_shape": tuple(int(s) for s in shape),
-        "width": args.width or rec.get("width") or 16,
-        "data_root": args.data_root or training.get("data_root"),
-        "seed": training.get("seed", 0) if args.seed is None else args.seed,
-        "batch": args.batch or training.get("batch_size") or 32,
-        "workers": training.get("workers", 2) if args.workers is None else args.workers,
-    }
-
-
-def _test_loader(s: dict[str, Any]) -> Any:
+def test_loader(s: dict[str, Any]) -> Any:
+    """The test loader of ``s["data"]`` (None without a data set)."""
     from ..training import data
 
     if s["data"] is None:
         return None
-    if s["data"] == "digits":
-        return data.digits_loaders(batch_size=s["batch"], seed=s["seed"])[1]
-    if not s["data_root"]:
-        raise ValueError(f"--data {s['data']} needs --data-root (nothing is downloaded)")
-    if s["data"] == "cifar10":
-        return data.cifar10_loaders(s["data_root"], batch_size=s["batch"], workers=s["workers"], seed=s["seed"])[1]
-    if s["data"] == "imagenet":
-        return data.imagenet_loaders(s["data_root"], batch_size=s["batch"], workers=s["workers"], seed=s["seed"])[1]
-    raise ValueError(f"--data must be digits, cifar10 or imagenet, got {s['data']!r}")
+    return data.loaders(s["data"], s["data_root"], batch_size=s["batch"], workers=s["workers"], seed=s["seed"])[1]
 
 
-def _load(s: dict[str, Any], path: str, device: torch.device) -> nn.Module:
+def load_model(s: dict[str, Any], path: str, device: torch.device) -> nn.Module:
     from ..training import models
     from ..storage.saving import load_pruned
 
@@ -227,86 +194,3 @@ def table(evals: list[ModelEval], header: str) -> str:
     row("latency p10 / p90 (ms)", [f"{e.latency_p10_ms:.3f} / {e.latency_p90_ms:.3f}" for e in evals], "")
     row("throughput (samples/s)", [f"{e.throughput:,.0f}" for e in evals], "")
     return header + "\n\n" + "\n".join(rows)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``oneprune eval``."""
-    p = argparse.ArgumentParser(
-        prog="oneprune eval",
-        description="Accuracy, exact MACs and parameters, and latency per batch of a pruned model (a run directory "
-                    "of 'oneprune --out DIR' or a save_pruned file), optionally next to the dense architecture.",
-        epilog="Defaults come from the run's report.json when there is one. Latency: forward passes in eval mode "
-               "without autograd, --warmup untimed, then the median of --repeat (synchronised on CUDA).")
-    p.add_argument("path", metavar="DIR_OR_FILE", help="run directory (holds model.pt and report.json) or a save_pruned file")
-    p.add_argument("--model", default=None, help="architecture (bundled name or torchvision name); default: from the report")
-    p.add_argument("--width", type=int, default=None, help="digits_cnn only: its width (default: from the report, else 16)")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: from the report)")
-    p.add_argument("--data", choices=("digits", "cifar10", "imagenet"), default=None,
-                   help="data set whose test split gives the accuracy (default: from the report; none: no accuracy)")
-    p.add_argument("--data-root", default=None, help="cifar10 / imagenet folder (nothing is downloaded)")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers for cifar10 / imagenet")
-    p.add_argument("--seed", type=int, default=None, help="digits: seed of the train/test split (default: the run's)")
-    p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy (cost and latency only)")
-    p.add_argument("--input", default=None, metavar="CxHxW", help="input shape of one sample (default: from the report)")
-    p.add_argument("--batch", type=int, default=None, help="batch size of the latency (and evaluation) passes "
-                                                           "(default: the run's training batch, else 32)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed forward passes first (default: %(default)s)")
-    p.add_argument("--repeat", type=int, default=20, help="timed forward passes; the median is reported (default: %(default)s)")
-    p.add_argument("--dense", action="store_true",
-                   help="also measure the dense architecture (the run's trained dense baseline if it has one)")
-    p.add_argument("--json", default=None, metavar="OUT.json", help="write the measurements as JSON here")
-    return p
-
-
-def _run(args: argparse.Namespace) -> tuple[list[ModelEval], str]:
-    for flag, v, lo in (("--warmup", args.warmup, 0), ("--repeat", args.repeat, 1), ("--batch", args.batch, 1),
-                        ("--threads", args.threads, 1), ("--width", args.width, 1), ("--num-classes", args.num_classes, 1)):
-        if v is not None and v < lo:
-            raise ValueError(f"{flag} must be >= {lo}, got {v}")
-    from .profile import _check_out_path
-
-    _check_out_path("--json", args.json)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: no CUDA device is available")
-    target = _locate(args.path)
-    s = _settings(args, target.report)
-    loader = None if args.no_accuracy else _test_loader(s)
-    model = _load(s, target.model_file, device)
-    x = torch.randn((s["batch"], *s["input_shape"]), generator=torch.Generator().manual_seed(0)).to(device)
-    evals = [evaluate_model(model, "pruned", x, loader, warmup=args.warmup, repeat=args.repeat)]
-    if args.dense:
-        from ..training import models
-
-        if target.dense_file is not None:
-            dense = _load(s, target.dense_file, device)
-            evals.append(evaluate_model(dense, "dense (trained baseline)", x, loader, warmup=args.warmup,
-                                        repeat=args.repeat))
-        else:
-            torch.manual_seed(0)
-            dense = models.build(s["model"], s["num_classes"], width=int(s["width"])).to(device)
-            evals.append(evaluate_model(dense, "dense (fresh init)", x, None, warmup=args.warmup, repeat=args.repeat))
-    threads = "" if device.type == "cuda" else f" ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
-    data = f" on {s['data']}" if s["data"] and loader is not None else ""
-    header = (f"oneprune eval: {target.model_file} ({s['model']}{data}), {device}{threads}, batch {s['batch']} of "
-              f"{'x'.join(map(str, s['input_shape']))}, median of {args.repeat} passes after {args.warmup} warm-up")
-    return evals, header
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``oneprune eval ...``: prints the table (and writes --json); returns the exit status."""
-    args = build_parser().parse_args(argv)
-    try:
-        evals, header = _run(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"oneprune eval: error: {e}", file=sys.stderr)
-        return 2
-    print(table(evals, header))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"header": header, "models": [asdict(e) for e in evals]}, f, indent=1)
-    return 0

@@ -1,4 +1,4 @@
-"""``oneprune profile``: what one-cycle pruning costs on your model and batch shape, measured.
+"""What one-cycle pruning costs on your model and batch shape, measured (``oneprune profile``).
 
 Example (CPU; ``--device cuda`` on a GPU)::
 
@@ -36,13 +36,11 @@ the pruner's work appears as ``oneprune::*`` ranges, the schedule as ``oneprune_
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import math
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -51,9 +49,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..pruning.config import REGULARIZERS, TARGETS, PrunerConfig
+from ..pruning import profiling
+from ..pruning.config import REGULARIZERS, PrunerConfig
 
-__all__ = ["PhaseTiming", "ProfileResult", "profile_overhead", "parse_shape", "main"]
+__all__ = ["PhaseTiming", "ProfileResult", "profile_overhead", "parse_shape"]
 
 
 @dataclass
@@ -149,43 +148,31 @@ class ProfileResult:
 
 
 class _Clock:
-    """Wall time of whole steps and host (+ CUDA device) time of the bookkeeping calls in them."""
+    """Wall time of whole steps; the bookkeeping calls in them timed the way the pruner times its own
+    hooks (:func:`oneprune_ext.pruning.profiling.timed` into a :class:`~oneprune_ext.pruning.profiling.HookClock`:
+    host seconds, and CUDA events on the device of ``probe``)."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.device = device
-        self.host = 0.0
-        self._events: list[tuple[Any, Any]] = []
+    def __init__(self, probe: torch.Tensor) -> None:
+        self.device = probe.device
+        self.cuda = self.device.type == "cuda"
+        self.hooks = profiling.HookClock(("bookkeeping",), probe)
+        self._taken = (0.0, 0.0)
 
     def sync(self) -> None:
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
-    def wrap(self, fn: Optional[Callable[[], Any]]) -> Optional[Callable[[], None]]:
-        """``fn`` timed: host seconds into :attr:`host`, a CUDA event pair per call."""
-        if fn is None:
-            return None
-
-        def timed() -> None:
-            if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-            t0 = time.perf_counter()
-            fn()
-            self.host += time.perf_counter() - t0
-            if self.cuda:
-                end.record()
-                self._events.append((start, end))
-        return timed
+    def wrap(self, fn: Optional[Callable[[], Any]]) -> Optional[Callable[[], Any]]:
+        """``fn`` timed under ``bookkeeping``."""
+        return None if fn is None else profiling.timed(fn, self.hooks, "bookkeeping")
 
     def take(self) -> tuple[float, Optional[float]]:
-        """Host and device milliseconds since the last call (after a sync), and reset."""
-        host, self.host = self.host * 1e3, 0.0
-        device = None
-        if self.cuda:
-            device = sum(s.elapsed_time(e) for s, e in self._events)
-            self._events = []
-        return host, device
+        """Host and device milliseconds since the last call (call it after a sync)."""
+        stats = self.hooks.stats()
+        now = (stats["bookkeeping"], stats.get("bookkeeping_device", 0.0))
+        host, device = ((a - b) * 1e3 for a, b in zip(now, self._taken))
+        self._taken = now
+        return host, (device if self.cuda else None)
 
 
 def _median(xs: Sequence[float]) -> float:
@@ -288,7 +275,7 @@ def profile_overhead(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
         raise ValueError(f"regularizers must be some of {REGULARIZERS}, got {list(regularizers)}")
     options = dict(options or {})
     device = inputs.device
-    clock = _Clock(device)
+    clock = _Clock(inputs)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4, nesterov=True)
     stepper = _Stepper(model, inputs, labels, optimizer, clock)
@@ -383,7 +370,7 @@ def _trace_schedule(model: nn.Module, x: torch.Tensor, y: torch.Tensor, options:
 
     mode = regularizer or PrunerConfig.__dataclass_fields__["regularizer"].default
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    stepper = _Stepper(model, x, y, optimizer, _Clock(x.device))
+    stepper = _Stepper(model, x, y, optimizer, _Clock(x))
     stepper.step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.device.type == "cuda" else [])
     with profile(activities=activities) as prof:
@@ -405,123 +392,3 @@ def _trace_schedule(model: nn.Module, x: torch.Tensor, y: torch.Tensor, options:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     prof.export_chrome_trace(path)
-
-
-# ----------------------------------------------------------------------------------- command line
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``oneprune profile``."""
-    from ..training import models
-
-    p = argparse.ArgumentParser(
-        prog="oneprune profile",
-        description="Measure what one-cycle pruning costs on your model and batch shape: plain training steps, "
-                    "the same steps with the pruner's hooks in each phase (monitoring, sparsity learning with each "
-                    "regularizer) next to the published per-layer loop, one sub-network search and one prune.",
-        epilog="Random data with a fixed seed; SGD momentum 0.9, Nesterov, wd 5e-4, lr 0.1. Times are medians over "
-               "--steps steps; bookkeeping is the time inside before_step + after_step (host; on CUDA also device "
-               "time from CUDA events, used for the percentage). Prints a Markdown table.")
-    p.add_argument("--model", default="resnet56",
-                   help=f"bundled network ({', '.join(sorted(models.BUNDLED))}) or any torchvision classification model "
-                        "name, e.g. resnet50, mobilenet_v2 (default: %(default)s)")
-    p.add_argument("--input", default=None, metavar="CxHxW",
-                   help="input shape of one sample (default: 1x8x8 digits_cnn/mlp, 3x32x32 resnet56/vgg16, "
-                        "3x224x224 torchvision)")
-    p.add_argument("--batch", type=int, default=64, help="training batch size, in samples (default: %(default)s)")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="classifier outputs (default: 10 bundled, 1000 torchvision)")
-    p.add_argument("--width", type=int, default=16, help="digits_cnn only: its width (default: %(default)s)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--steps", type=int, default=10, help="timed training steps per phase (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed plain steps first (default: %(default)s)")
-    p.add_argument("--reduction", type=float, default=0.5,
-                   help="fraction of the dense MACs (or parameters) the prune removes (default: %(default)s)")
-    p.add_argument("--target", choices=TARGETS, default="macs", help="what --reduction is a fraction of")
-    p.add_argument("--regularizers", default=",".join(REGULARIZERS),
-                   help="sparsity-learning modes to time, comma-separated (default: %(default)s)")
-    p.add_argument("--no-per-layer", action="store_true", help="skip the published per-layer loop")
-    p.add_argument("--trace", default=None, metavar="OUT.json",
-                   help="also write a Chrome trace of a short one-cycle schedule (oneprune::* ranges)")
-    p.add_argument("--json", default=None, metavar="OUT.json", help="write the measurements as JSON here")
-    p.add_argument("--save", default=None, metavar="PRUNED.pt",
-                   help="write the pruned model (save_pruned; random weights) here, e.g. for the latency of "
-                        "'oneprune eval PRUNED.pt --model NAME --no-accuracy --dense'")
-    p.add_argument("--seed", type=int, default=0, help="seed of the model init and the random batch (default: 0)")
-    return p
-
-
-def _check_out_path(flag: str, path: Optional[str]) -> None:
-    """Refuse an output path that cannot be written, before anything is measured."""
-    if path is None:
-        return
-    if os.path.isdir(path):
-        raise ValueError(f"{flag} {path!r} is a directory; give a file name")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise ValueError(f"{flag} {path!r}: the folder {parent!r} does not exist or is not writable")
-
-
-def _run(args: argparse.Namespace) -> ProfileResult:
-    from ..training import models
-
-    _check_out_path("--json", args.json)
-    _check_out_path("--trace", args.trace)
-    _check_out_path("--save", args.save)
-
-    for flag, v, lo in (("--batch", args.batch, 1), ("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
-                        ("--width", args.width, 1)):
-        if v < lo:
-            raise ValueError(f"{flag} must be >= {lo}, got {v}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    if not 0.0 < args.reduction < 1.0:
-        raise ValueError(f"--reduction must be in (0, 1), got {args.reduction}")
-    modes = [m.strip() for m in args.regularizers.split(",") if m.strip()]
-    bad = [m for m in modes if m not in REGULARIZERS]
-    if bad or not modes:
-        raise ValueError(f"--regularizers must be some of {','.join(REGULARIZERS)}, got {args.regularizers!r}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: no CUDA device is available")
-    shape = parse_shape(args.input) if args.input else models.default_input_shape(args.model)
-    classes = args.num_classes or (10 if args.model in models.BUNDLED else 1000)
-    torch.manual_seed(args.seed)
-    model = models.build(args.model, classes, width=args.width).to(device)
-    gen = torch.Generator().manual_seed(args.seed)
-    x = torch.randn((args.batch, *shape), generator=gen).to(device)
-    y = torch.randint(0, classes, (args.batch,), generator=gen).to(device)
-    try:
-        with torch.no_grad():
-            model.eval()(x[:1])
-    except Exception as e:  # noqa: BLE001 - the user's shape does not fit the model
-        raise ValueError(f"--model {args.model} does not accept --input {'x'.join(map(str, shape))}: {e}") from e
-    result = profile_overhead(model, x, y, steps=args.steps, warmup=args.warmup, regularizers=modes,
-                              per_layer=not args.no_per_layer,
-                              options={"reduction": args.reduction, "target": args.target}, trace=args.trace,
-                              name=args.model)
-    if args.save:
-        from ..storage.saving import save_pruned
-
-        save_pruned(model, args.save)
-    return result
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``oneprune profile ...``: prints the table (and writes --json / --trace); returns the exit status."""
-    import json
-
-    args = build_parser().parse_args(argv)
-    try:
-        result = _run(args)
-    except (ValueError, ImportError) as e:
-        print(f"oneprune profile: error: {e}", file=sys.stderr)
-        return 2
-    print(result.table())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result.to_dict(), f, indent=1)
-    return 0

@@ -2,8 +2,11 @@
 
 Imports only from the layers below it (graph, kernels, pruning, storage).
 
-* :mod:`.trainer` -- :func:`train`, :func:`evaluate`, checkpoints and exact resume;
-* :mod:`.data` -- the bundled digits, CIFAR-10 / ImageNet from a folder you give;
+* :mod:`.trainer` -- :func:`train`, :func:`evaluate`, exact resume (the checkpoint files:
+  :mod:`oneprune_ext.storage.checkpoint`);
+* :mod:`.config` -- :class:`TrainConfig`, every option of a run, and the optimizer factory;
+* :mod:`.callbacks` -- :class:`Callback`, what a run tells the code around it;
+* :mod:`.data` -- the bundled digits, CIFAR-10 / ImageNet from a folder you give, each data set's defaults;
 * :mod:`.models` -- the bundled networks and any torchvision classifier by name;
 * :mod:`.report` -- ``report.json`` / ``metrics.jsonl``; :mod:`.plots` -- the PNG plots.
 """
@@ -11,6 +14,8 @@ Imports only from the layers below it (graph, kernels, pruning, storage).
 from __future__ import annotations
 
 from . import models
+from .callbacks import Callback
+from .config import TrainConfig, sgd
 from .trainer import TrainResult, evaluate, train
 
-__all__ = ["TrainResult", "evaluate", "models", "train"]
+__all__ = ["Callback", "TrainConfig", "TrainResult", "evaluate", "models", "sgd", "train"]

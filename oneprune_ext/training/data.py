@@ -11,6 +11,9 @@ without padding by :class:`ShardSampler`), and ``batch_size`` is the batch over 
 
 torchvision is imported only inside the CIFAR / ImageNet functions.
 
+:data:`DATASETS` says, per data set name, what a run on it uses by default (its recipe, length,
+batch, model, input shape, workers); :func:`loaders` builds the loaders of a data set by name.
+
 Reproducibility: the training loaders shuffle with :class:`EpochShuffleSampler`, whose order
 depends only on ``(seed, epoch)``.  Call ``loader.sampler.set_epoch(epoch)`` at the start of
 every epoch and a run resumed at any epoch sees exactly the batches an uninterrupted run sees.
@@ -19,13 +22,20 @@ every epoch and a run resumed at any epoch sees exactly the batches an uninterru
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from ..pruning.recipes import CIFAR10, IMAGENET, Recipe
+
 __all__ = [
+    "DataSet",
+    "DATASETS",
+    "loaders",
+    "num_classes",
     "EpochShuffleSampler",
     "ShardSampler",
     "digits_loaders",
@@ -41,6 +51,64 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """What a run on one data set uses by default.
+
+    Attributes:
+        name: ``"digits"``, ``"cifar10"`` or ``"imagenet"``.
+        recipe: the published recipe its runs follow (digits: CIFAR-10's, scaled to ``epochs``).
+        epochs, batch_size: the default run length (epochs) and training batch (samples).
+        model: the default network; models: the networks that fit it.
+        input_shape: one sample, ``(C, H, W)``.
+        workers: DataLoader worker processes.
+        classes: number of classes (None: read from the data, ImageNet-style folders).
+    """
+
+    name: str
+    recipe: Recipe
+    epochs: int
+    batch_size: int
+    model: str
+    models: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+    workers: int
+    classes: Optional[int]
+
+
+DATASETS: dict[str, DataSet] = {
+    # the bundled demo data: the CIFAR-10 recipe, its 300-epoch schedule scaled down to 30 epochs
+    "digits": DataSet("digits", CIFAR10, epochs=30, batch_size=32, model="digits_cnn", models=("digits_cnn",),
+                      input_shape=(1, 8, 8), workers=0, classes=10),
+    "cifar10": DataSet("cifar10", CIFAR10, epochs=CIFAR10.epochs, batch_size=CIFAR10.batch_size, model="resnet56",
+                       models=("resnet56", "vgg16", "resnet18", "resnet50"), input_shape=(3, 32, 32), workers=4,
+                       classes=10),
+    "imagenet": DataSet("imagenet", IMAGENET, epochs=IMAGENET.epochs, batch_size=IMAGENET.batch_size,
+                        model="resnet50", models=("resnet18", "resnet50"), input_shape=(3, 224, 224), workers=8,
+                        classes=None),
+}
+
+
+def loaders(name: str, root: Optional[str | os.PathLike] = None, *, batch_size: int, workers: int = 0,
+            seed: int = 0, num_replicas: int = 1, rank: int = 0) -> tuple[DataLoader, DataLoader]:
+    """The train / test loaders of data set ``name`` (:data:`DATASETS`); ``root`` for cifar10 / imagenet."""
+    shard: dict[str, Any] = {"num_replicas": num_replicas, "rank": rank}
+    if name == "digits":
+        return digits_loaders(batch_size=batch_size, seed=seed, **shard)
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}: one of {sorted(DATASETS)}")
+    if not root:
+        raise ValueError(f"--data {name} needs --data-root (nothing is downloaded)")
+    make = cifar10_loaders if name == "cifar10" else imagenet_loaders
+    return make(root, batch_size=batch_size, workers=workers, seed=seed, **shard)
+
+
+def num_classes(name: str, train_loader: Any) -> int:
+    """Classes of data set ``name`` (read from an ImageNet-style folder's classes)."""
+    n = DATASETS[name].classes
+    return n if n is not None else len(train_loader.dataset.classes)
 
 
 class EpochShuffleSampler(Sampler[int]):

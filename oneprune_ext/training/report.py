@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 import torch.nn as nn
 
 from ..storage.files import atomic_write
+from .callbacks import Callback, EpochEnd
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..pruning.pruner import OneCyclePruner
@@ -203,8 +204,8 @@ class RunDirectory:
     Args:
         path: the directory (created if missing).
 
-    Use :meth:`on_epoch` as the trainer's ``on_epoch`` callback (``train(..., on_epoch=
-    out.on_epoch("pruned"))``), then :meth:`finish` once the run (and its dense baseline) ended.
+    Pass :meth:`metrics` to the trainer as a callback (``train(..., callbacks=[out.metrics("pruned")])``),
+    then call :meth:`finish` once the run (and its dense baseline) ended.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -253,9 +254,10 @@ class RunDirectory:
             f.flush()
             os.fsync(f.fileno())
 
-    def on_epoch(self, run: str) -> Any:
-        """The ``on_epoch`` callback of :func:`~oneprune_ext.training.trainer.train` for ``run``."""
-        return lambda history: self.log_epochs(run, history)
+    def metrics(self, run: str) -> Callback:
+        """The :func:`~oneprune_ext.training.trainer.train` callback that logs ``run``'s epochs in
+        ``metrics.jsonl`` as they end (:meth:`log_epochs`)."""
+        return EpochEnd(lambda history: self.log_epochs(run, history))
 
     # ------------------------------------------------------------------ the end
     def finish(self, *, pruned: "TrainResult", pruner: Optional["OneCyclePruner"], model: nn.Module,

@@ -1,6 +1,8 @@
-"""The bundled trainer: SGD training from scratch with optional one-cycle pruning.
+"""The bundled trainer: training from scratch with optional one-cycle pruning.
 
-:func:`train` runs one training run of ``epochs`` epochs and, when given a
+:func:`train` runs one training run of ``config.epochs`` epochs (options: one
+:class:`~oneprune_ext.training.config.TrainConfig`; the optimizer from a factory, SGD by default;
+:mod:`~oneprune_ext.training.callbacks` after every epoch) and, when given a
 :class:`~oneprune_ext.pruning.pruner.OneCyclePruner`, calls its hooks in the documented order::
 
     pruner.epoch_start(epoch)
@@ -31,7 +33,7 @@ history and the wall time so far.  ``resume=True`` continues from such a file; o
 the result is bit-identical to an uninterrupted run with the same seed (the data
 loader must shuffle with a sampler that has ``set_epoch``, as the loaders of
 :mod:`oneprune_ext.training.data` do). A checkpoint carries a format version and a checksum
-(:mod:`oneprune_ext.storage.files`): a damaged one is refused with one line naming it, and so is a
+(:mod:`oneprune_ext.storage.checkpoint`): a damaged one is refused with one line naming it, and so is a
 checkpoint of another run (other settings, ``run_options`` or pruner options; each
 difference is named), before anything changes.
 
@@ -45,12 +47,11 @@ at the end of each epoch, so all ranks end with bit-identical models.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -58,20 +59,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from ..graph.flops import count_macs, count_params
 from ..pruning import distributed as _dist
-from ..storage import files
+from ..storage import checkpoint as ckpt
+from .callbacks import Callback, as_callbacks
+from .config import OptimizerFactory, TrainConfig, sgd
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..pruning.pruner import OneCyclePruner
 
-__all__ = ["train", "evaluate", "count_macs", "count_params", "TrainResult", "EpochRecord",
-           "CIFAR_MILESTONES", "CIFAR_GAMMA"]
-
-#: Published CIFAR schedule: lr x0.2 at 30 / 60 / 80 / 90 % of the run.
-CIFAR_MILESTONES: tuple[float, ...] = (0.3, 0.6, 0.8, 0.9)
-CIFAR_GAMMA: float = 0.2
-
-_CKPT_KIND, _CKPT_VERSION = "oneprune_ext.train", 2  # version 1 (no checksum) is still read
+__all__ = ["train", "evaluate", "TrainConfig", "TrainResult", "EpochRecord"]
 
 
 @dataclass
@@ -212,32 +209,6 @@ def _first_input(loader: Iterable) -> torch.Tensor:
     return x[:1]
 
 
-def count_macs(model: nn.Module, example: torch.Tensor) -> int:
-    """MACs of one forward pass on ``example`` (use a batch of 1 for per-sample MACs).
-
-    Counted with :class:`torch.utils.flop_counter.FlopCounterMode` (FLOPs / 2), in eval
-    mode and without autograd, attention included (see :mod:`oneprune_ext.graph.flops`: the fused
-    attention fast path, which the counter cannot see, is off while counting); the model's
-    train/eval flags are restored.  Equal to :class:`oneprune_ext.CostModel`'s MACs.
-    """
-    from ..graph.flops import counting_flops
-
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad(), counting_flops() as fc:
-            model(example)
-    finally:
-        for m, t in flags:
-            m.training = t
-    return int(fc.get_total_flops()) // 2
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameter entries (``numel`` sum over all parameters)."""
-    return sum(p.numel() for p in model.parameters())
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu", *,
              process_group: Any = None) -> float:
@@ -270,108 +241,27 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "c
     return 100.0 * float(correct.item()) / total
 
 
-# ----------------------------------------------------------------------------------------------
-# RNG and checkpoints
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        # numpy's state as plain types + a tensor so the file loads with weights_only=True
-        "numpy": (str(np_state[0]), torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-                  int(np_state[2]), int(np_state[3]), float(np_state[4])),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    random.setstate(_to_tuple(state["python"]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _to_tuple(x: Any) -> Any:
-    if isinstance(x, (list, tuple)):
-        return tuple(_to_tuple(v) for v in x)
-    return x
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
-def _load_checkpoint(path: str, use: str = "train(resume=True)") -> dict[str, Any]:
-    """The checkpoint at ``path``, checked (format, version, checksum); one-line errors naming it."""
-    return files.read_checked(path, _CKPT_KIND, (1, _CKPT_VERSION), use=use)
-
-
-def read_checkpoint(path: str | os.PathLike, use: str = "read_checkpoint") -> dict[str, Any]:
-    """Read and check a checkpoint written by :func:`train` (``checkpoint=path``).
-
-    Returns the checkpoint's dict (``"config"``, ``"run_options"``, ``"epoch"``, ``"model"``,
-    ``"pruner"``, ...). Raises :class:`oneprune_ext.storage.files.FileFormatError` (a ValueError, one
-    line naming the file) for a missing, empty, truncated or damaged file, or a file of
-    another kind (e.g. written by ``save_pruned``); ``use`` starts its message.
-    """
-    return _load_checkpoint(os.fspath(path), use)
-
-
-def run_differences(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(option, saved value, value now)`` for every option that differs between two runs.
-
-    ``saved`` None (a checkpoint written before options were recorded): no differences.
-    An option missing on one side counts as ``None`` there.
-    """
-    if saved is None:
-        return []
-    keys = list(now) + [k for k in saved if k not in now]
-    return [(k, saved.get(k), now.get(k)) for k in keys if _norm(saved.get(k)) != _norm(now.get(k))]
-
-
-def _norm(v: Any) -> Any:
-    """Tuples and lists compare equal (a checkpoint stores lists)."""
-    if isinstance(v, (list, tuple)):
-        return [_norm(x) for x in v]
-    if isinstance(v, Mapping):
-        return {k: _norm(x) for k, x in v.items()}
-    return v
-
-
 # ----------------------------------------------------------------------------------------------
 # the loop
 
 
-SCHEDULE_UNITS = ("epoch", "iteration")
-
-
-def _make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int,
-                    milestones: Sequence[float], gamma: float,
+def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
                     steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LRScheduler:
     """The lr scheduler, in units of its steps: epochs, or iterations (``steps_per_epoch`` per epoch)."""
-    if schedule == "step":
-        bad = [m for m in milestones if not 0.0 < float(m) < 1.0]
-        if bad:
-            raise ValueError(f"train: milestones are fractions of the run in (0, 1), got {list(milestones)}")
-        steps = sorted({max(1, int(round(float(m) * epochs))) * steps_per_epoch for m in milestones})
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=steps, gamma=gamma)
-    if schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
-    raise ValueError(f"train: schedule must be 'step' or 'cosine', got {schedule!r}")
+    if config.schedule == "step":
+        steps = sorted({max(1, int(round(m * config.epochs))) * steps_per_epoch for m in config.milestones})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=steps, gamma=config.gamma)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
 
 
 def _steps_per_epoch(loader: Iterable, unit: str) -> int:
     """Scheduler steps per epoch: 1, or the training loader's batches for ``unit="iteration"``."""
-    if unit not in SCHEDULE_UNITS:
-        raise ValueError(f"train: schedule_unit must be one of {SCHEDULE_UNITS}, got {unit!r}")
     if unit == "epoch":
         return 1
     try:
@@ -442,19 +332,12 @@ class _EpochSums:
     steps: int = 0
 
 
-def _check_options(epochs: Any, lr: float, resume: bool, checkpoint: Any, pruner: Any) -> int:
-    if int(epochs) != epochs or epochs < 1:
-        raise ValueError(f"train: epochs must be a positive int, got {epochs!r}")
-    if lr <= 0 or not math.isfinite(lr):
-        raise ValueError(f"train: lr must be a positive number, got {lr!r}")
-    if resume and checkpoint is None:
-        raise ValueError("train: resume=True needs checkpoint=<path>")
+def _check_pruner(pruner: Any, epochs: int) -> None:
     if pruner is not None:
         total = getattr(pruner, "total_epochs", epochs)
         if total is not None and int(total) != epochs:
             raise ValueError(f"train: the pruner was built with total_epochs={total} but epochs={epochs}; "
                              "they must be equal (the pruning schedule is in epochs of this run)")
-    return int(epochs)
 
 
 def _process_group(pruner: "OneCyclePruner | None", use: bool | None) -> Any:
@@ -482,37 +365,10 @@ def _wrap(model: nn.Module, run_device: torch.device, group: Any) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, process_group=group)
 
 
-def _check_same_run(run: _Run, data: Mapping[str, Any], ckpt_path: str) -> None:
-    """Refuse a checkpoint of another run (its settings, the caller's run options, its tensors)."""
-    diff = run_differences(data.get("config"), run.config) + run_differences(data.get("run_options"),
-                                                                             run.run_options)
-    if diff:
-        named = "; ".join(f"{k}: {a!r} (saved) vs {b!r} (now)" for k, a, b in diff)
-        raise ValueError(f"train(resume=True): checkpoint {ckpt_path!r} was written by a run with other "
-                         f"settings: {named}. Resume with the same settings, or start a new run with "
-                         "another checkpoint path")
-    saved, now = set(data["model"]), set(run.model.state_dict())
-    if saved != now:
-        raise ValueError(f"train(resume=True): checkpoint {ckpt_path!r} holds another model (tensors "
-                         f"{sorted(saved ^ now)[:4]} differ); build the same model as the saved run")
-
-
-def _prepare_checkpoint(checkpoint: Any, group: Any) -> str | None:
-    """The checkpoint path, checked writable before any training; temporary files an
-    interrupted save left next to it are removed (by the process that writes it)."""
-    if checkpoint is None:
-        return None
-    if not _is_main(group):
-        return os.fspath(checkpoint)
-    path = files.check_writable(checkpoint, "train(checkpoint=...)")
-    files.remove_orphans(path)
-    return path
-
-
 def _resume(run: _Run, ckpt_path: str) -> None:
     """Restore a run from its checkpoint: pruner (reshapes the model) first, then the rest."""
-    data = _load_checkpoint(ckpt_path)
-    _check_same_run(run, data, ckpt_path)
+    data = ckpt.read_checkpoint(ckpt_path, "train(resume=True)")
+    ckpt.check_same_run(data, run.config, run.run_options, run.model.state_dict(), ckpt_path)
     if data["pruner"] is not None:
         assert run.pruner is not None  # guaranteed by the config check ("pruned_run")
         try:
@@ -522,7 +378,7 @@ def _resume(run: _Run, ckpt_path: str) -> None:
     run.model.load_state_dict(data["model"])
     run.optimizer.load_state_dict(data["optimizer"])
     run.scheduler.load_state_dict(data["scheduler"])
-    _set_rng_state(data["rng"])
+    ckpt.set_rng_state(data["rng"])
     run.history = [EpochRecord(**h) for h in data["history"]]
     run.start_epoch = int(data["epoch"])
     run.wall_before = float(data["wall_time"])
@@ -623,7 +479,7 @@ def _write_checkpoint(run: _Run, path: str, epoch: int) -> None:
     """The whole run after ``epoch``, atomically; rank 0 only under torch.distributed."""
     if not _dist.is_main_process(run.group):
         return
-    files.write_checked({
+    ckpt.write_checkpoint({
         "config": run.config,
         "run_options": run.run_options,
         "epoch": epoch + 1,
@@ -631,13 +487,13 @@ def _write_checkpoint(run: _Run, path: str, epoch: int) -> None:
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "pruner": run.pruner.state_dict() if run.pruner is not None else None,
-        "rng": _rng_state(),
+        "rng": ckpt.rng_state(),
         "history": [dataclasses.asdict(h) for h in run.history],
         "wall_time": run.wall_before + (time.perf_counter() - run.t_start),
         "pruner_seconds": run.pruner_before + _pruner_seconds(run.pruner),
         "dense_macs": run.dense_macs,
         "dense_params": run.dense_params,
-    }, path, _CKPT_KIND, _CKPT_VERSION)
+    }, path)
 
 
 def _show(bar: Any, run: _Run, rec: EpochRecord) -> None:
@@ -685,76 +541,41 @@ def train(
     model: nn.Module,
     train_loader: DataLoader,
     test_loader: DataLoader,
+    config: TrainConfig | None = None,
     *,
-    epochs: int,
-    lr: float = 0.1,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    nesterov: bool = True,
-    schedule: str = "step",
-    milestones: Sequence[float] = CIFAR_MILESTONES,
-    gamma: float = CIFAR_GAMMA,
-    schedule_unit: str = "epoch",
     pruner: "OneCyclePruner | None" = None,
-    device: torch.device | str = "cpu",
-    checkpoint: str | os.PathLike | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    seed: int | None = 0,
-    desc: str | None = None,
-    distributed: bool | None = None,
-    on_epoch: Callable[[list[EpochRecord]], None] | None = None,
-    run_options: Mapping[str, Any] | None = None,
+    optimizer: OptimizerFactory = sgd,
+    callbacks: Sequence[Callback | Callable[..., Any]] = (),
+    **options: Any,
 ) -> TrainResult:
-    """Train ``model`` from its current weights for ``epochs`` epochs, pruning if given a pruner.
+    """Train ``model`` from its current weights for ``config.epochs`` epochs, pruning if given a pruner.
 
-    The run, in named steps: set-up (model on ``device``, SGD, scheduler), resume from the
-    checkpoint (:func:`_resume`), then per epoch: train (:func:`_train_epoch`: the pruner's
+    The run, in named steps: set-up (model on the device, the optimizer, the scheduler), resume from
+    the checkpoint (:func:`_resume`), then per epoch: train (:func:`_train_epoch`: the pruner's
     ``epoch_start``, then per batch forward, backward, ``before_step``, ``optimizer.step()``,
     ``after_step``), end the epoch (:func:`_end_epoch`: an evaluation right before the prune when
-    the pruner will prune, ``epoch_end`` -- may prune in place --, scheduler step, evaluation)
-    and write the checkpoint (:func:`_write_checkpoint`).
+    the pruner will prune, ``epoch_end`` -- may prune in place --, scheduler step, evaluation),
+    write the checkpoint (:func:`_write_checkpoint`) and call the callbacks.
 
     Args:
-        model: the network; moved to ``device`` and trained (and pruned) in place.
+        model: the network; moved to the device and trained (and pruned) in place.
         train_loader / test_loader: DataLoaders yielding ``(inputs, int64 labels)``.  For
             exact resume the training loader's sampler must have ``set_epoch`` (called
             with the 0-based epoch at the start of every epoch). Under torch.distributed,
             each rank's loaders yield its shard (see :mod:`oneprune_ext.training.data`).
-        epochs: length of the run, in epochs (the whole run, also when resuming).
-        lr: initial learning rate.
-        momentum, weight_decay, nesterov: SGD settings (published CIFAR-10: 0.9, 5e-4, Nesterov;
-            published ImageNet: 0.9, 1e-4, no Nesterov).
-        schedule: ``"step"`` (lr x ``gamma`` at each of ``milestones``) or ``"cosine"``
-            (cosine annealing to 0 over the run).
-        milestones: for ``"step"``, fractions of ``epochs`` in (0, 1) (published CIFAR:
-            0.3, 0.6, 0.8, 0.9), rounded to the nearest epoch.
-        gamma: lr multiplier at each milestone (published: 0.2).
-        schedule_unit: ``"epoch"``: the scheduler steps once per epoch (after ``epoch_end``);
-            ``"iteration"``: after every optimizer step, over ``epochs * len(train_loader)``
-            steps (the published ImageNet cosine); the pruner's ``after_step`` then gets each
-            step's own lr.
+        config: the run's options (:class:`~oneprune_ext.training.config.TrainConfig`: epochs, lr
+            and schedule, device, checkpoint and resume, seed, ...). ``**options`` are the same
+            fields as keywords and override it: ``train(model, tr, te, epochs=30, lr=0.05)``.
         pruner: a :class:`~oneprune_ext.pruning.pruner.OneCyclePruner` built on ``model`` with
-            ``total_epochs == epochs``, or ``None`` for a dense run.
-        device: where to train.
-        checkpoint: path of the per-epoch checkpoint (written atomically, by rank 0 only under
-            torch.distributed), or ``None``.
-        resume: continue from ``checkpoint`` if that file exists (a fresh run otherwise).
-            Pass the same freshly built model, loaders and a freshly built pruner as the
-            original run; the pruner restores its state and reshapes the model first.
-        progress: show a tqdm bar over epochs (rank 0 only).
-        seed: seeds Python, NumPy and torch at the start of a fresh run (``None``: leave
-            them); on resume the saved RNG states are restored instead.
-        desc: label of the progress bar.
-        distributed: train with DistributedDataParallel over the default process group
-            (rebuilt after the prune; the pruner needs ``process_group=``); ``None``: when a
-            process group with more than one rank is initialised.
-        on_epoch: called after every epoch (after its checkpoint) with the run's history so
-            far, including the epochs before a resume; the last record is the epoch just
-            finished. Rank 0 only under torch.distributed. E.g. to log metrics as they come.
-        run_options: the caller's options that define the run beyond these arguments (data,
-            model, seed, pruner options, ...; plain JSON-able values): recorded in the
-            checkpoint, and a resume with different values is refused, naming them.
+            ``total_epochs == epochs``, or ``None`` for a dense run. With ``resume``, a freshly
+            built pruner: it restores its state and reshapes the model first.
+        optimizer: ``factory(model, config) -> torch.optim.Optimizer``, called once on the model
+            (default :func:`~oneprune_ext.training.config.sgd`: SGD with ``config``'s lr, momentum,
+            weight decay, Nesterov). The same optimizer trains the whole run: the prune compacts its
+            state in place. A factory other than ``sgd`` is recorded in the checkpoint by name.
+        callbacks: :class:`~oneprune_ext.training.callbacks.Callback` objects (or functions of the
+            history, called after every epoch), called on rank 0 only, e.g. the run directory's
+            metrics log (:meth:`~oneprune_ext.training.report.RunDirectory.metrics`).
 
     Returns:
         A :class:`TrainResult` (the same on every rank under torch.distributed).
@@ -766,45 +587,41 @@ def train(
             this run (other settings or ``run_options``, another model; a damaged file is a
             :class:`~oneprune_ext.storage.files.FileFormatError` naming it). A refused resume leaves
             the model's weights and the pruner as they were.
+        TypeError: an unknown option name.
     """
-    epochs = _check_options(epochs, lr, resume, checkpoint, pruner)
-    group = _process_group(pruner, distributed)
-    device = torch.device(device)
-    ckpt_path = _prepare_checkpoint(checkpoint, group)
-    steps_per_epoch = _steps_per_epoch(train_loader, schedule_unit)
-    config = {"epochs": epochs, "lr": float(lr), "momentum": float(momentum),
-              "weight_decay": float(weight_decay), "nesterov": bool(nesterov), "schedule": schedule,
-              "milestones": [float(m) for m in milestones], "gamma": float(gamma),
-              "pruned_run": pruner is not None}
-    if schedule_unit != "epoch":  # (absent from checkpoints of per-epoch runs, as before it existed)
-        config["schedule_unit"] = schedule_unit
+    cfg = TrainConfig.of(config, options)
+    _check_pruner(pruner, cfg.epochs)
+    hooks = as_callbacks(callbacks)
+    group = _process_group(pruner, cfg.distributed)
+    device = torch.device(cfg.device)
+    ckpt_path = ckpt.prepare_checkpoint(cfg.checkpoint, writes=_is_main(group))
+    steps_per_epoch = _steps_per_epoch(train_loader, cfg.schedule_unit)
 
     model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
-                                weight_decay=weight_decay, nesterov=nesterov and momentum > 0)
-    run = _Run(model=model, net=model, optimizer=optimizer,
-               scheduler=_make_scheduler(optimizer, schedule, epochs, milestones, gamma, steps_per_epoch),
-               pruner=pruner, device=device, example=_first_input(train_loader).to(device), config=config,
-               group=group, per_iteration=schedule_unit == "iteration", run_options=_norm(dict(run_options or {})))
+    opt = optimizer(model, cfg)
+    run = _Run(model=model, net=model, optimizer=opt, scheduler=_make_scheduler(opt, cfg, steps_per_epoch),
+               pruner=pruner, device=device, example=_first_input(train_loader).to(device),
+               config=cfg.recorded(pruner is not None, optimizer), group=group,
+               per_iteration=cfg.schedule_unit == "iteration", run_options=ckpt.normalized(cfg.run_options or {}))
     run.dense_macs = count_macs(model, run.example)
     run.dense_params = count_params(model)
-    if resume and ckpt_path is not None and os.path.exists(ckpt_path):
+    if cfg.resume and ckpt_path is not None and os.path.exists(ckpt_path):
         _resume(run, ckpt_path)
-    elif seed is not None:
-        _seed_everything(int(seed))
+    elif cfg.seed is not None:
+        _seed_everything(int(cfg.seed))
     run.net = _wrap(model, device, group)  # after the resume: the model has its final shapes
 
     bar = None
-    if progress and _is_main(group):
+    if cfg.progress and _is_main(group):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, initial=run.start_epoch, desc=desc or ("one-cycle" if pruner else "dense"),
+        bar = tqdm(total=cfg.epochs, initial=run.start_epoch, desc=cfg.desc or ("one-cycle" if pruner else "dense"),
                    unit="epoch", dynamic_ncols=True, leave=True)
     run.macs_now = count_macs(model, run.example) if run.start_epoch else run.dense_macs
     run.params_now = count_params(model)
     run.t_start = time.perf_counter()
     try:
-        for epoch in range(run.start_epoch, epochs):
+        for epoch in range(run.start_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
             hooks_before = run.pruner.stats if run.pruner is not None else {}
             sums, cur_lr = _train_epoch(run, train_loader, epoch)
@@ -816,12 +633,17 @@ def train(
                 _write_checkpoint(run, ckpt_path, epoch)
             rec.seconds = time.perf_counter() - t_epoch
             _show(bar, run, rec)
-            if on_epoch is not None and _is_main(group):
-                on_epoch(list(run.history))
+            if _is_main(group):
+                for cb in hooks:
+                    cb.on_epoch_end(list(run.history))
     finally:
         if bar is not None:
             bar.close()
-    return _result(run, test_loader)
+    result = _result(run, test_loader)
+    if _is_main(group):
+        for cb in hooks:
+            cb.on_train_end(result)
+    return result
 
 
 def _is_main(group: Any) -> bool:

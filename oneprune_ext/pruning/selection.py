@@ -1,4 +1,4 @@
-"""Sub-network search and stability indicator, as pure functions.
+"""Choosing the sub-network: cost share, per-layer limits, ``round_to`` and the global selection.
 
 Nothing here touches a model or the compiled extension: the inputs are the
 per-channel saliency vector the kernels produce (all groups concatenated in
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,12 +34,7 @@ __all__ = [
     "round_kept_counts",
     "Selection",
     "select_subnetwork",
-    "jaccard_per_group",
-    "StabilityTracker",
-    "auto_sl_start",
 ]
-
-IndexSet = Union[Sequence[int], torch.Tensor, np.ndarray]
 
 #: Two reductions closer than this are treated as equal (absorbs float rounding of ``1 - cost/dense``).
 _REDUCTION_EPS = 1e-12
@@ -294,6 +289,49 @@ def select_subnetwork(
         ValueError: bad arguments, or the target is unreachable even when every unprotected
             channel is removed (the message gives the largest reachable reduction).
     """
+    sizes, sal, dense = _checked_inputs(saliency, group_sizes, cost_fn, target_reduction, per_channel_mac_cost,
+                                        dense_cost, tolerance, round_to)
+    target = float(target_reduction)
+    limits = np.asarray(layer_limits(sizes.tolist(), layer_limit, layer_limit_k, multiplicity), dtype=np.int64)
+    adjusted = _adjusted_saliency(sal, sizes, per_channel_mac_cost)                     # step 1
+    ranking = _CandidateRanking(adjusted, sizes, limits)                                  # steps 2 and 3
+
+    def evaluate(prefix: int) -> tuple[np.ndarray, int, float]:
+        kept = ranking.kept_for(prefix)
+        if round_to is not None:                                                          # step 5
+            kept = round_kept_counts(kept, sizes, limits, int(round_to), multiplicity)
+        cost = int(cost_fn(kept.tolist()))
+        return kept, cost, 1.0 - cost / dense
+
+    prefix, (kept, cost, red) = _shortest_reaching_prefix(evaluate, ranking.num_candidates, target)  # step 4
+    if prefix is None:
+        raise ValueError(
+            f"target reduction {target:.4f} is unreachable: removing every channel the per-layer limit "
+            f"allows ({ranking.num_candidates} of {ranking.total}) reduces the cost by at most {red:.4f}"
+            + (f" with round_to={round_to}" if round_to is not None else "")
+            + f". Lower `reduction`, or raise `layer_limit` (now {layer_limit}) / `layer_limit_k` "
+            f"(now {layer_limit_k})" + (" or lower `round_to`" if round_to is not None else "") + "."
+        )
+    removal_mask, kept_indices = ranking.removal(kept)
+    return Selection(
+        kept_indices=kept_indices,
+        removal_mask=removal_mask,
+        kept_counts=[int(k) for k in kept],
+        removed_counts=[int(r) for r in sizes - kept],
+        reduction=float(red),
+        cost=int(cost),
+        dense_cost=dense,
+        target_reduction=target,
+        prefix_length=int(prefix),
+        num_candidates=ranking.num_candidates,
+        tolerance=float(tolerance),
+    )
+
+
+def _checked_inputs(saliency: torch.Tensor, group_sizes: Sequence[int], cost_fn: Callable[[list[int]], int],
+                    target_reduction: float, per_channel_mac_cost: Sequence[float], dense_cost: int | None,
+                    tolerance: float, round_to: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """The group sizes (int64), the saliency (CPU float32) and the dense cost, every argument checked."""
     sizes = np.asarray([int(s) for s in group_sizes], dtype=np.int64)
     num_groups = int(sizes.size)
     if num_groups == 0:
@@ -320,76 +358,93 @@ def select_subnetwork(
         raise ValueError(
             f"per_channel_mac_cost has {len(per_channel_mac_cost)} entries for {num_groups} groups"
         )
-    target = float(target_reduction)
     dense = int(cost_fn(sizes.tolist())) if dense_cost is None else int(dense_cost)
     if dense <= 0:
         raise ValueError(f"dense cost must be > 0, got {dense}")
+    return sizes, sal, dense
 
-    limits = np.asarray(layer_limits(sizes.tolist(), layer_limit, layer_limit_k, multiplicity), dtype=np.int64)
-    offsets = np.zeros(num_groups + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offsets[1:])
 
-    # 1. adjusted saliency
+def _adjusted_saliency(sal: np.ndarray, sizes: np.ndarray, per_channel_mac_cost: Sequence[float]) -> np.ndarray:
+    """Step 1: saliency x ``(1 - cost_share(group))``, in float32."""
     factor = (1.0 - _cost_share_np(per_channel_mac_cost)).astype(np.float32)
-    gid = np.repeat(np.arange(num_groups, dtype=np.int64), sizes)
-    adj = sal * np.repeat(factor, sizes)
+    return sal * np.repeat(factor, sizes)
 
-    # 2. protection: sort group-major by (group, adjusted saliency, index); the first `limit`
-    #    channels of each group's block are the candidates, the rest is protected.
-    ordered = _ordered_bits(adj)
-    base = np.repeat(offsets[:-1], sizes)  # global index of each channel's group start
-    local = np.arange(total, dtype=np.int64) - base
-    if num_groups <= 0xFFFF and int(sizes.max()) <= 0xFFFF:
-        gm_keys = (
-            (gid.astype(np.uint64) << np.uint64(48))
-            | (ordered.astype(np.uint64) << np.uint64(16))
-            | local.astype(np.uint64)
-        )
-        gm_keys.sort()
-        gm_order = base + (gm_keys & np.uint64(0xFFFF)).astype(np.int64)  # blocks keep their place
-    else:  # huge groups: slower but same order
-        gm_order = np.lexsort((local, ordered, gid))
-    is_cand = local < np.repeat(limits, sizes)  # positions of gm_order (its blocks are the groups' offsets)
-    cand_gm = gm_order[is_cand]  # candidates, group-major, ascending within group
-    cand_gid = gid[is_cand]
-    n_cand = int(cand_gm.size)
-    cand_starts = np.zeros(num_groups + 1, dtype=np.int64)
-    np.cumsum(limits, out=cand_starts[1:])
 
-    # 3. global ranking of the candidates by (adjusted saliency, global index)
-    g_keys = (ordered[cand_gm].astype(np.uint64) << np.uint64(32)) | cand_gm.astype(np.uint64)
-    g_keys.sort()
-    cand_channels = (g_keys & np.uint64(0xFFFFFFFF)).astype(np.int64)  # removal order
-    pos = np.empty(total, dtype=np.int64)
-    pos[cand_channels] = np.arange(n_cand, dtype=np.int64)
-    # (group, position in the ranking), increasing: counts a group's candidates in any prefix
-    rank_keys = cand_gid * (n_cand + 1) + pos[cand_gm]
-    query_base = np.arange(num_groups, dtype=np.int64) * (n_cand + 1)
+class _CandidateRanking:
+    """Steps 2 and 3: the channels the layer limits leave removable, ranked for removal.
 
-    def kept_for(prefix: int) -> np.ndarray:
-        removed = np.searchsorted(rank_keys, query_base + prefix, side="left") - cand_starts[:-1]
-        kept = sizes - removed
-        if round_to is not None:
-            kept = round_kept_counts(kept, sizes, limits, int(round_to), multiplicity)
-        return kept
+    Built once per selection; :meth:`kept_for` then answers "how many channels does each group keep
+    if the first ``prefix`` ranked candidates go" in ``O(groups * log(candidates))``, and
+    :meth:`removal` turns final kept counts into the removal mask and the kept indices.
+    """
 
-    def evaluate(prefix: int) -> tuple[np.ndarray, int, float]:
-        kept = kept_for(prefix)
-        cost = int(cost_fn(kept.tolist()))
-        return kept, cost, 1.0 - cost / dense
+    def __init__(self, adjusted: np.ndarray, sizes: np.ndarray, limits: np.ndarray) -> None:
+        num_groups = int(sizes.size)
+        self.sizes = sizes
+        self.total = int(sizes.sum())
+        offsets = np.zeros(num_groups + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        self._gid = np.repeat(np.arange(num_groups, dtype=np.int64), sizes)
+        self._base = np.repeat(offsets[:-1], sizes)  # global index of each channel's group start
+        self._local = np.arange(self.total, dtype=np.int64) - self._base
+        ordered = _ordered_bits(adjusted)
+        self._gm_order = self._group_major_order(ordered)
+        # step 2: the first `limit` channels of each group's block are the candidates, the rest is protected
+        is_cand = self._local < np.repeat(limits, sizes)  # positions of gm_order (its blocks are the groups' offsets)
+        cand_gm = self._gm_order[is_cand]  # candidates, group-major, ascending within group
+        self.num_candidates = int(cand_gm.size)
+        self._cand_starts = np.zeros(num_groups + 1, dtype=np.int64)
+        np.cumsum(limits, out=self._cand_starts[1:])
+        # step 3: global ranking of the candidates by (adjusted saliency, global index)
+        g_keys = (ordered[cand_gm].astype(np.uint64) << np.uint64(32)) | cand_gm.astype(np.uint64)
+        g_keys.sort()
+        removal_order = (g_keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        pos = np.empty(self.total, dtype=np.int64)
+        pos[removal_order] = np.arange(self.num_candidates, dtype=np.int64)
+        # (group, position in the ranking), increasing: counts a group's candidates in any prefix
+        n = self.num_candidates + 1
+        self._rank_keys = self._gid[is_cand] * n + pos[cand_gm]
+        self._query_base = np.arange(num_groups, dtype=np.int64) * n
 
-    # 4. shortest reaching prefix
-    kept_hi, cost_hi, red_hi = evaluate(n_cand)
-    if red_hi < target - _REDUCTION_EPS:
-        raise ValueError(
-            f"target reduction {target:.4f} is unreachable: removing every channel the per-layer limit "
-            f"allows ({n_cand} of {total}) reduces the cost by at most {red_hi:.4f}"
-            + (f" with round_to={round_to}" if round_to is not None else "")
-            + f". Lower `reduction`, or raise `layer_limit` (now {layer_limit}) / `layer_limit_k` "
-            f"(now {layer_limit_k})" + (" or lower `round_to`" if round_to is not None else "") + "."
-        )
-    lo, hi = 0, n_cand  # reach(lo) is False (reduction 0 < target), reach(hi) True
-    best = (kept_hi, cost_hi, red_hi)
+    def _group_major_order(self, ordered: np.ndarray) -> np.ndarray:
+        """Channels sorted by (group, adjusted saliency, index): each group's block in its own place."""
+        sizes, gid, local = self.sizes, self._gid, self._local
+        if int(sizes.size) <= 0xFFFF and int(sizes.max()) <= 0xFFFF:
+            keys = (gid.astype(np.uint64) << np.uint64(48)) | (ordered.astype(np.uint64) << np.uint64(16)) \
+                | local.astype(np.uint64)
+            keys.sort()
+            return self._base + (keys & np.uint64(0xFFFF)).astype(np.int64)
+        return np.lexsort((local, ordered, gid))  # huge groups: slower but same order
+
+    def kept_for(self, prefix: int) -> np.ndarray:
+        """Per group, the channels kept when the first ``prefix`` ranked candidates are removed."""
+        removed = np.searchsorted(self._rank_keys, self._query_base + prefix, side="left") - self._cand_starts[:-1]
+        return self.sizes - removed
+
+    def removal(self, kept: np.ndarray) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The removal mask over all channels and the per-group kept indices for ``kept`` counts:
+        a group loses its ``size - kept`` least salient candidates."""
+        n_removed = self.sizes - kept
+        mask_np = np.zeros(self.total, dtype=bool)
+        mask_np[self._gm_order[self._local < np.repeat(n_removed, self.sizes)]] = True
+        kept_global = np.flatnonzero(~mask_np)
+        kept_local = torch.from_numpy(kept_global - self._base[kept_global])
+        return torch.from_numpy(mask_np), list(torch.split(kept_local, [int(k) for k in kept]))
+
+
+def _shortest_reaching_prefix(
+    evaluate: Callable[[int], tuple[np.ndarray, int, float]], num_candidates: int, target: float,
+) -> tuple[int | None, tuple[np.ndarray, int, float]]:
+    """Step 4: binary search for the shortest prefix whose reduction reaches ``target``.
+
+    Returns the prefix length and its ``evaluate`` result, or ``(None, evaluate(num_candidates))``
+    when even removing every candidate falls short. Needs ``evaluate``'s reduction to be
+    non-decreasing in the prefix (a cost function non-decreasing in every kept count).
+    """
+    best = evaluate(num_candidates)
+    if best[2] < target - _REDUCTION_EPS:
+        return None, best
+    lo, hi = 0, num_candidates  # reach(lo) is False (reduction 0 < target), reach(hi) True
     while hi - lo > 1:
         mid = (lo + hi) // 2
         res = evaluate(mid)
@@ -397,188 +452,4 @@ def select_subnetwork(
             hi, best = mid, res
         else:
             lo = mid
-    kept, cost, red = best
-
-    # 5. removed set: per group the (size - kept) least salient candidates
-    n_removed = sizes - kept
-    mask_np = np.zeros(total, dtype=bool)
-    mask_np[gm_order[local < np.repeat(n_removed, sizes)]] = True
-    removal_mask = torch.from_numpy(mask_np)
-    kept_global = np.flatnonzero(~mask_np)
-    kept_local = torch.from_numpy(kept_global - base[kept_global])
-    kept_indices = list(torch.split(kept_local, [int(k) for k in kept]))
-    sel = Selection(
-        kept_indices=kept_indices,
-        removal_mask=removal_mask,
-        kept_counts=[int(k) for k in kept],
-        removed_counts=[int(r) for r in n_removed],
-        reduction=float(red),
-        cost=int(cost),
-        dense_cost=dense,
-        target_reduction=target,
-        prefix_length=int(hi),
-        num_candidates=n_cand,
-        tolerance=float(tolerance),
-    )
-    return sel
-
-
-# ---------------------------------------------------------------------------
-# Stability indicator
-# ---------------------------------------------------------------------------
-
-
-def _as_flat(kept_sets: Sequence[IndexSet]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-group index sets -> (concatenated int64 indices, per-group lengths)."""
-    parts: list[np.ndarray] = []
-    for g, s in enumerate(kept_sets):
-        if isinstance(s, torch.Tensor):
-            a = s.detach().to("cpu", torch.int64).reshape(-1).numpy()
-        else:
-            a = np.asarray(s, dtype=np.int64).reshape(-1)
-        if a.size and a.min() < 0:
-            raise ValueError(f"kept set of group {g} has a negative channel index")
-        parts.append(a)
-    lengths = np.asarray([p.size for p in parts], dtype=np.int64)
-    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    return flat, lengths
-
-
-def _jaccard_flat(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    (fa, la), (fb, lb) = a, b
-    if la.size != lb.size:
-        raise ValueError(f"sub-networks have different group counts ({la.size} vs {lb.size})")
-    g = int(la.size)
-    width = int(max(fa.max(initial=-1), fb.max(initial=-1))) + 1
-    if width == 0:
-        return np.ones(g)
-    ma = np.zeros(g * width, dtype=bool)
-    mb = np.zeros(g * width, dtype=bool)
-    ma[np.repeat(np.arange(g, dtype=np.int64), la) * width + fa] = True
-    mb[np.repeat(np.arange(g, dtype=np.int64), lb) * width + fb] = True
-    ma2, mb2 = ma.reshape(g, width), mb.reshape(g, width)
-    inter = (ma2 & mb2).sum(1)
-    union = ma2.sum(1) + mb2.sum(1) - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-
-
-def jaccard_per_group(a: Sequence[IndexSet], b: Sequence[IndexSet]) -> list[float]:
-    """Per group, ``|A ∩ B| / |A ∪ B|`` of two sub-networks (two empty sets count as 1.0)."""
-    return [float(x) for x in _jaccard_flat(_as_flat(a), _as_flat(b))]
-
-
-class StabilityTracker:
-    """Stability indicator of the chosen sub-network, as published.
-
-    Call :meth:`update` once per monitored epoch with that epoch's kept sets.
-
-    * ``sim(t)``: mean over groups of the Jaccard similarity between the kept sets of
-      update ``t`` and update ``t - 2``; **0 for the first two updates** (fewer than three
-      sub-networks exist).
-    * ``psi(t)``: mean of the last ``min(3, number of sims)`` sim values (the two leading
-      zeros included), as the published ``running_average`` does: after the first update
-      ``psi = 0``, after the second ``0``, after the third ``sim(2) / 3``, then a true
-      running mean of three.  (The published code also appends ``sim = 0`` for epochs before
-      monitoring starts; those only ever average with other zeros, so the values from the
-      first monitored epoch on are identical.)
-    * :meth:`is_stable`: ``psi >= threshold``, as the published loop tests it (a strict ``>``
-      would differ only at exact equality).
-
-    Attributes:
-        sims: every ``sim`` value so far, one per update.
-        history: every ``psi`` value so far, one per update (the indicator curve).
-    """
-
-    window: int = 3
-
-    def __init__(self) -> None:
-        self._nets: list[tuple[np.ndarray, np.ndarray]] = []
-        self.sims: list[float] = []
-        self.history: list[float] = []
-
-    @property
-    def indicator(self) -> float:
-        """The latest ``psi`` (0.0 before the first update)."""
-        return self.history[-1] if self.history else 0.0
-
-    def update(self, kept_sets: Sequence[IndexSet]) -> float:
-        """Record one epoch's sub-network (per group, kept channel indices); return ``psi``."""
-        net = _as_flat(kept_sets)
-        if self._nets and self._nets[-1][1].size != net[1].size:
-            raise ValueError(
-                f"sub-network has {net[1].size} groups, previous ones had {self._nets[-1][1].size}"
-            )
-        self._nets.append(net)
-        if len(self._nets) > self.window:
-            self._nets.pop(0)
-        if len(self._nets) < self.window:
-            sim = 0.0
-        else:
-            sim = float(_jaccard_flat(self._nets[-1], self._nets[0]).mean())
-        self.sims.append(sim)
-        last = self.sims[-self.window :]
-        psi = float(sum(last) / len(last))
-        self.history.append(psi)
-        return psi
-
-    def is_stable(self, threshold: float = 0.999) -> bool:
-        """True once the latest indicator is ``>= threshold`` (``stability_threshold``)."""
-        return bool(self.history) and self.history[-1] >= threshold
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain lists, floats and int64 tensors only (readable with ``torch.load(weights_only=True)``)."""
-        return {
-            "window": self.window,
-            "kept_flat": [torch.from_numpy(f.copy()) for f, _ in self._nets],
-            "kept_lengths": [torch.from_numpy(l.copy()) for _, l in self._nets],
-            "sims": list(self.sims),
-            "history": list(self.history),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        if int(state.get("window", self.window)) != self.window:
-            raise ValueError(f"state has window {state['window']}, this tracker uses {self.window}")
-        flats, lens = list(state["kept_flat"]), list(state["kept_lengths"])
-        if len(flats) != len(lens) or len(flats) > self.window:
-            raise ValueError("corrupt StabilityTracker state: kept_flat / kept_lengths mismatch")
-        nets = []
-        for f, l in zip(flats, lens):
-            fa = torch.as_tensor(f, dtype=torch.int64).numpy().copy()
-            la = torch.as_tensor(l, dtype=torch.int64).numpy().copy()
-            if int(la.sum()) != fa.size:
-                raise ValueError("corrupt StabilityTracker state: lengths do not add up")
-            nets.append((fa, la))
-        self._nets = nets
-        self.sims = [float(x) for x in state["sims"]]
-        self.history = [float(x) for x in state["history"]]
-
-
-def auto_sl_start(
-    psi_history: Sequence[float],
-    epoch: int,
-    *,
-    after_epoch: int = 3,
-    max_rise: float = 1e-4,
-) -> bool:
-    """Whether ``sl_start="auto"`` fires at ``epoch`` (published rule).
-
-    True when ``epoch > after_epoch`` and ``psi(epoch) - psi(epoch - 2) <= max_rise``: the
-    indicator has risen by at most 1e-4 over two epochs (a plateau; a fall also counts).
-    The caller starts sparsity learning at the first epoch this returns True and stops asking.
-
-    Args:
-        psi_history: indicator values of consecutive epochs, the last one being ``epoch``'s
-            (e.g. ``StabilityTracker.history`` when it is updated every epoch from
-            ``monitor_start``).  Epochs before the history count as ``psi = 0``, as in the
-            published code where the indicator is 0 before monitoring starts.
-        epoch: the current 0-based epoch.
-
-    Note: as published, if monitoring starts after epoch 2 the indicator is still flat at 0
-    at epoch 4, so the rule fires there.
-    """
-    if epoch <= after_epoch:
-        return False
-    now = float(psi_history[-1]) if len(psi_history) >= 1 else 0.0
-    before = float(psi_history[-3]) if len(psi_history) >= 3 else 0.0
-    return now - before <= max_rise
+    return hi, best
