@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 
+import outcomes
 import pytest
 import torch
 
@@ -32,16 +33,19 @@ def test_readme_has_the_loops() -> None:
     assert readme_blocks.ddp_block()
 
 
+@pytest.mark.outcome
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_loop_runs_and_prunes(index: int) -> None:
     block = BLOCKS[index]
     ns = readme_blocks.namespace(epochs=readme_blocks.epochs_for(block))
     dense = sum(p.numel() for p in ns["model"].parameters())
+    step = outcomes.one_channel_share(ns["model"], ns["example_inputs"])
     exec(compile(block, f"README.md (loop block {index})", "exec"), ns)
     pruner, model = ns["pruner"], ns["model"]
     assert pruner.pruned, "the README loop should prune within its epochs"
     assert sum(p.numel() for p in model.parameters()) < dense
-    assert 1 - pruner.macs() / pruner.dense_macs >= pruner.config.reduction  # the target is reached
+    # the target is reached, overshot by less than one channel
+    outcomes.assert_reaches_target(1 - pruner.macs() / pruner.dense_macs, pruner.config.reduction, step)
     x, y = next(iter(ns["train_loader"]))
     loss = ns["criterion"](model(x), y)
     assert torch.isfinite(loss)
