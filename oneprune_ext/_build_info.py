@@ -17,7 +17,8 @@ def build_info() -> dict[str, Any]:
     Keys: ``torch`` (runtime version), ``built_with_torch``, ``cuda_compiled`` (CUDA
     kernels are registered for the ops), ``cuda_available`` (a GPU is usable now),
     ``cuda_arch_list`` (archs compiled for), ``cuda_runtime`` (torch's CUDA version),
-    ``cxx`` and ``nvcc`` (compiler versions), ``cuda_home``.
+    ``cxx`` and ``nvcc`` (compiler versions), ``cuda_home``, ``cuda_skipped`` (why the build
+    left the CUDA kernels out, e.g. no nvcc found; empty when it built them).
     """
     from .kernels import ops  # noqa: F401  (loads the extension)
 
@@ -37,4 +38,5 @@ def build_info() -> dict[str, Any]:
         "cuda_home": recorded.get("cuda_home", ""),
         "cxx": recorded.get("cxx", "unknown"),
         "nvcc": recorded.get("nvcc", ""),
+        "cuda_skipped": "" if has_cuda_kernel else recorded.get("cuda_skipped", "unknown (built before this was recorded)"),
     }

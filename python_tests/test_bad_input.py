@@ -144,9 +144,10 @@ def test_unsupported_places_are_kept_fixed_and_listed() -> None:
     (lambda m: trace_groups(m, "x"), ValueError, "forward fails on the example inputs (str)"),
     (lambda m: trace_groups(_Shuffle(), torch.randn(1, 3, 4, 4), on_unsupported="error"), UnsupportedOpError,
      "splits or mixes the channel dim"),
-    (lambda m: trace_groups(_DataDependent(), torch.randn(1, 3, 4, 4)), UnsupportedOpError, "could not trace"),
+    (lambda m: trace_groups(_DataDependent(), torch.randn(1, 5, 4, 4)), ValueError,
+     "forward fails on the example inputs (tensor of shape [1, 5, 4, 4])"),
 ], ids=["on_unsupported", "saliency_params", "foreign-layer", "layer-name", "not-a-module", "input-shape",
-        "input-count", "input-type", "unsupported-error", "untraceable"])
+        "input-count", "input-type", "unsupported-error", "untraceable-bad-input"])
 def test_tracing_refuses_bad_input_and_leaves_the_model(call, exc, needle: str) -> None:
     torch.manual_seed(0)
     model = models.mlp(64, (16, 12), 10).train()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import outcomes
 import pytest
 import torch
 import torch.nn as nn
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from oneprune_ext import PrunerConfig, models
 from oneprune_ext.pruning.pruner import OneCyclePruner
 
-torch_gen = torch.Generator().manual_seed(0)
+torch_gen = torch.Generator().manual_seed(outcomes.SEED)
 X = torch.randn(32, 1, 8, 8, generator=torch_gen)
 Y = torch.randint(0, 10, (32,), generator=torch_gen)
 BATCHES = [(X[:16], Y[:16]), (X[16:], Y[16:])]
@@ -31,7 +32,7 @@ LR = 0.05
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def cnn(seed: int = 0) -> nn.Module:
+def cnn(seed: int = outcomes.SEED) -> nn.Module:
     torch.manual_seed(seed)
     return models.digits_cnn(10, width=6)
 
@@ -67,6 +68,7 @@ def params(model: nn.Module) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------ live graphs
 
 
+@pytest.mark.outcome
 @pytest.mark.parametrize("alive", ["loss", "outputs", "past_losses"])
 def test_live_graph_across_the_prune_trains_as_without(alive: str) -> None:
     """Keeping the loss / outputs / every past loss alive across epoch_end changes nothing."""
@@ -100,6 +102,7 @@ def test_live_graph_across_the_prune_trains_as_without(alive: str) -> None:
         assert torch.isfinite(torch.stack([v.detach() for v in kept])).all()  # the list is still usable
 
 
+@pytest.mark.outcome
 def test_backward_through_a_pre_prune_graph_raises() -> None:
     """A graph of the dense model, never back-propagated, cannot be after the prune: a clear error."""
     model = cnn()
@@ -135,6 +138,7 @@ def scaled_step(scaler: torch.amp.GradScaler, unscale_first: bool = False) -> Ca
     return step
 
 
+@pytest.mark.outcome
 @pytest.mark.parametrize("unscale_first", [False, True], ids=["before_step(scaler)", "unscale_then_before_step"])
 def test_grad_scaler_2_16_update_equals_unscaled_fp32(unscale_first: bool) -> None:
     """At a loss scale of 2**16 the parameters follow the unscaled fp32 run (group lasso and shrink)."""
@@ -161,6 +165,7 @@ def test_grad_scaler_2_16_update_equals_unscaled_fp32(unscale_first: bool) -> No
     torch.testing.assert_close(torch.stack([a for a, _ in active]), torch.stack([b for _, b in active]))
 
 
+@pytest.mark.outcome
 def test_skipped_step_applies_no_shrink_and_no_lasso() -> None:
     model = cnn()
     pruner = OneCyclePruner(model, X[:1], CONFIG)
@@ -235,6 +240,7 @@ def test_scaler_misuse_is_explained() -> None:
         pruner.after_step(LR, scaler=scaler)
 
 
+@pytest.mark.outcome
 def test_bf16_autocast_on_cpu_across_the_prune() -> None:
     model = cnn()
 
@@ -288,13 +294,14 @@ def test_cuda_fp16_autocast_grad_scaler_no_host_sync() -> None:
 # ------------------------------------------------------------------------------------ accumulation
 
 
-def no_bn_cnn(seed: int = 0) -> nn.Module:
+def no_bn_cnn(seed: int = outcomes.SEED) -> nn.Module:
     """Without BatchNorm, 4 micro-batches of 8 give the gradient of one batch of 32."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(48, 10))
 
 
+@pytest.mark.outcome
 def test_gradient_accumulation_4_micro_batches_equals_full_batch() -> None:
     config = PrunerConfig(total_epochs=6, monitor_start=0, sl_start=1, sl_end=3, reg=0.05, reg_delta=0.0)
     full = no_bn_cnn()
@@ -354,6 +361,7 @@ def test_torch_compile_keeps_training_after_the_prune() -> None:
 # ------------------------------------------------------------------------------------ channels_last, frozen
 
 
+@pytest.mark.outcome
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_channels_last_end_to_end(dtype: torch.dtype) -> None:
     model = cnn().to(dtype=dtype, memory_format=torch.channels_last)
@@ -379,6 +387,7 @@ def test_channels_last_end_to_end(dtype: torch.dtype) -> None:
                 assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), n
 
 
+@pytest.mark.outcome
 def test_frozen_parameters_never_get_a_grad_nor_move() -> None:
     """A frozen layer (requires_grad=False) in the pruned groups: no .grad, no weight decay, no shrink."""
     model = cnn()

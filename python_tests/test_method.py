@@ -8,6 +8,7 @@ import json
 import math
 from typing import Any
 
+import outcomes
 import pytest
 import torch
 import torch.nn as nn
@@ -261,10 +262,11 @@ def test_removed_norm_share_and_will_prune() -> None:
     assert shares[1] > shares[2] > shares[3] > 0  # the shrink empties the removed channels
 
 
+@pytest.mark.outcome
 def test_trainer_measures_the_prune_shock_right_around_the_prune() -> None:
     """The accuracy before the prune is taken after the epoch's last step, with no training in between."""
-    train_loader, test_loader = digits_loaders(batch_size=128, seed=0)
-    torch.manual_seed(0)
+    train_loader, test_loader = digits_loaders(batch_size=128, seed=outcomes.SEED)
+    torch.manual_seed(outcomes.SEED)
     model = models.digits_cnn(width=8)
     pruner = OneCyclePruner(model, X, total_epochs=5, monitor_start=1, sl_start=1, sl_end=3, reg="auto")
     seen: dict[str, float] = {}
@@ -279,7 +281,7 @@ def test_trainer_measures_the_prune_shock_right_around_the_prune() -> None:
         return rep
 
     pruner.epoch_end = epoch_end  # type: ignore[method-assign]
-    res = train(model, train_loader, test_loader, epochs=5, pruner=pruner, progress=False, seed=0)
+    res = train(model, train_loader, test_loader, epochs=5, pruner=pruner, progress=False, seed=outcomes.SEED)
     rec = next(h for h in res.history if h.pruned_now)
     assert (res.acc_before_prune, res.acc_after_prune) == (seen["before"], seen["after"])
     assert (rec.acc_before_prune, rec.acc_after_prune) == (seen["before"], seen["after"])

@@ -67,6 +67,7 @@ def reshaped_fresh(pruned: nn.Module) -> nn.Module:
     return fresh
 
 
+@pytest.mark.outcome
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_optimizer_state_across_prune_equals_hand_sliced_fresh_run(name: str) -> None:
     make = OPTIMIZERS[name]

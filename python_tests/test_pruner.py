@@ -6,6 +6,7 @@ import copy
 import io
 from typing import Any, Optional
 
+import outcomes
 import pytest
 import torch
 import torch.nn as nn
@@ -321,12 +322,12 @@ PRUNER_OPTS = dict(total_epochs=EPOCHS, monitor_start=0, sl_start=1, sl_end=3, r
 def digits():
     from oneprune_ext.training.data import digits_loaders
 
-    train, _ = digits_loaders(batch_size=128, seed=0)
+    train, _ = digits_loaders(batch_size=128, seed=outcomes.SEED)
     return train
 
 
 def _build(example: torch.Tensor):
-    torch.manual_seed(0)
+    torch.manual_seed(outcomes.SEED)
     model = models.digits_cnn(width=4)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=EPOCHS)
@@ -383,16 +384,20 @@ def _assert_same(a: dict, pa: OneCyclePruner, b: dict, pb: OneCyclePruner):
     assert [k.tolist() for k in pa._prune_keep] == [k.tolist() for k in pb._prune_keep]
 
 
+@pytest.mark.outcome
 def test_resume_is_bit_exact(digits):
     det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)  # tiny tensors: threads only add contention on a busy CI box
     try:
         full, p_full, reps, saved = _run(digits, 0, EPOCHS, save_at=(1, 4))
+        # pruned at sl_end whatever the floats: the indicator (a mean of three similarities, 0 until
+        # three sub-networks exist) cannot reach the threshold before epoch 4
         assert p_full.pruned and p_full.prune_epoch == 3 and reps[3].pruned_now
         assert [r.phase for r in reps] == ["monitoring"] + ["sparsity"] * 3 + ["pruned"] * 2
         assert reps[3].macs_after < reps[3].macs_before
-        assert 1 - reps[3].macs_after / reps[3].macs_before >= PRUNER_OPTS["reduction"]
+        step = outcomes.one_channel_share(models.digits_cnn(width=4), digits.dataset.tensors[0][:1])
+        outcomes.assert_reaches_target(1 - reps[3].macs_after / reps[3].macs_before, PRUNER_OPTS["reduction"], step)
         # stopped before the prune (end of epoch 1, in sparsity learning), resumed
         res1, p1, reps1, _ = _run(digits, 2, EPOCHS, ckpt=saved[1])
         assert reps1 == reps[2:]

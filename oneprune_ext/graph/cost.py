@@ -14,9 +14,13 @@ degree <= 2 in the kept counts.  Then
   functionally), measured once on the current model.
 
 The model is traced with ``torch.fx`` and its graph run once under
-``torch.utils.flop_counter.FlopCounterMode`` (eval mode, no autograd); every call's terms
-are checked against the FLOPs the counter attributed to that call (its FLOPs are ``2 x``
-MACs), so the closed form equals what the counter counts on the pruned model.
+``torch.utils.flop_counter.FlopCounterMode`` (eval mode, no autograd); a model ``torch.fx``
+cannot trace whole (a detector, YOLO) is run once instead, following its executed forward
+(:mod:`oneprune_ext.graph.capture`).  Every call's terms are checked against the FLOPs the
+counter attributed to that call (its FLOPs are ``2 x`` MACs), so the closed form equals what
+the counter counts on the pruned model.  The count is for the example inputs in eval mode: for
+a detector, the RoI heads run on the proposals (and detections) the model keeps for those
+images at inference.
 
 Attention is counted in full: projections and the products ``Q K^T`` and ``A V``.  Plain
 ``FlopCounterMode`` in eval mode counts nothing for ``nn.MultiheadAttention`` (PyTorch's fused
@@ -45,6 +49,7 @@ import torch.nn as nn
 from torch import fx
 from torch.utils.flop_counter import FlopCounterMode
 
+from .capture import record_forward
 from .flops import counting_flops
 from .trace import UnsupportedOpError, evaluating, run_graph, trace_graph
 from .groups import ChannelGroups
@@ -148,22 +153,36 @@ def _run_counted(model: nn.Module, inputs: tuple, shapes: dict[str, tuple[int, .
             terms.extend(found)
 
     try:
-        graph, _ = trace_graph(model)
+        graph, _ = trace_graph(model, whole=True)
     except UnsupportedOpError:
         graph = None
     modules = dict(model.named_modules())
-    with evaluating(modules.values()), torch.no_grad(), counting_flops() as fc:
-        if graph is not None:
+    if graph is not None:
+        with evaluating(modules.values()), torch.no_grad(), counting_flops() as fc:
             _count_graph(model, graph, inputs, modules, fc, account)
-        else:
+        return terms, other[0], mismatched
+    try:
+        with counting_flops() as fc:
+            _count_recorded(model, inputs, modules, fc, account)
+    except Exception:  # noqa: BLE001 - following the forward failed: count per leaf module instead
+        terms.clear()
+        mismatched.clear()
+        other[0] = 0
+        with evaluating(modules.values()), torch.no_grad(), counting_flops() as fc:
             _count_with_hooks(model, inputs, fc, account)
     return terms, other[0], mismatched
 
 
-def _count_graph(model: nn.Module, graph: fx.Graph, inputs: tuple, modules: dict[str, nn.Module],
-                 fc: FlopCounterMode, account: Any) -> None:
-    """Run the traced graph, attributing the counter's FLOPs to each node."""
+def _attribute(modules: dict[str, nn.Module], fc: FlopCounterMode, account: Any) -> tuple[Any, Any]:
+    """``after(node, out, args, kwargs)``: the FLOPs counted since the last node (or ``before()``)
+    go to ``node``'s cost rule; ``before()``: those since the last node go to the fixed rest."""
     last = [fc.get_total_flops()]
+
+    def before() -> None:
+        now = fc.get_total_flops()
+        if now != last[0]:
+            account(None, None, "(between calls)", (), {}, None, now - last[0])
+            last[0] = now
 
     def after(n: fx.Node, out: Any, args: tuple, kwargs: dict) -> None:
         now = fc.get_total_flops()
@@ -184,6 +203,22 @@ def _count_graph(model: nn.Module, graph: fx.Graph, inputs: tuple, modules: dict
         elif flops:
             account(None, None, n.name, (), {}, out, flops)
 
+    return before, after
+
+
+def _count_recorded(model: nn.Module, inputs: tuple, modules: dict[str, nn.Module], fc: FlopCounterMode,
+                    account: Any) -> None:
+    """Run the model once (eval mode) following its executed forward, attributing the counter's
+    FLOPs to each recorded call (for models ``torch.fx`` cannot trace whole)."""
+    before, after = _attribute(modules, fc, account)
+    record_forward(model, [(False, inputs)], before=before, after=after, sizes=False)
+    before()
+
+
+def _count_graph(model: nn.Module, graph: fx.Graph, inputs: tuple, modules: dict[str, nn.Module],
+                 fc: FlopCounterMode, account: Any) -> None:
+    """Run the traced graph, attributing the counter's FLOPs to each node."""
+    _, after = _attribute(modules, fc, account)
     run_graph(model, graph, inputs, modules, after)
 
 

@@ -18,7 +18,10 @@ Each supported module type, function or tensor method has one :class:`LayerEntry
 * ``cost`` -- its **cost terms**: the MACs of one call as exact products of tensor dims
   (see :class:`CostTerm`), checked against what ``torch.utils.flop_counter`` counted;
 * ``output_shape`` -- its output shape without computing it: the tracer needs shapes only, so
-  convolutions, linears and attention are not run while tracing.
+  convolutions, linears and attention are not run while tracing;
+* ``shape_only_outputs`` -- tensors of a module's output that its callers read only for their
+  shape (ultralytics' ``Detect`` returns its input feature maps so that the loss can build its
+  anchor grid): reaching the model's output does not keep their channels.
 
 ``graph.py`` (tracing), ``compact.py`` (attributes after a prune), ``saving.py`` (structure
 record) and ``cost.py`` (MACs) look entries up here and test no module types themselves.
@@ -84,6 +87,7 @@ __all__ = [
     "is_registered_leaf",
     "function_entry",
     "method_entry",
+    "registered_functions",
     "update_module_attrs",
     "structure_attrs",
     "restore_attrs",
@@ -170,6 +174,9 @@ class LayerEntry:
             sizes / ``None`` for a tuple output), computed without running the module, or the
             input tensor itself for a module that keeps its input's shape and dtype; returning
             ``None`` runs it.  Only for module types.
+        shape_only_outputs: ``(module, output) -> tensors`` of its output used only for their
+            shape by whoever calls it; only for module types traced through (executed-forward
+            capture, :mod:`oneprune_ext.graph.capture`).
     """
 
     name: str
@@ -182,6 +189,7 @@ class LayerEntry:
     size_attrs: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     cost: CostFn | None = None
     output_shape: Callable[[nn.Module, tuple, dict], Any] | None = None
+    shape_only_outputs: Callable[[nn.Module, Any], Any] | None = None
 
     def weights_counted(self, module: nn.Module | None) -> bool:
         """Whether this call's weights count in the published saliency."""
@@ -258,6 +266,12 @@ def function_entry(fn: Any) -> LayerEntry | None:
     if e is None:
         e = _FUNCTIONS.get(_qualname(fn))
     return e
+
+
+def registered_functions() -> list[Any]:
+    """Every function registered with an entry: function objects and qualified-name strings
+    (the executed-forward recorder records the Python ones as one call, as ``torch.fx`` does)."""
+    return list(_FUNCTIONS)
 
 
 def method_entry(name: str) -> LayerEntry | None:

@@ -12,11 +12,16 @@ element-wise products, gates and concats along other dims join channels; grouped
 convolutions and attention heads make the same within-group positions go together.  The
 sets left unconstrained become :class:`~oneprune_ext.graph.groups.ChannelGroup` objects.
 
+A model ``torch.fx`` cannot trace whole (data-dependent control flow, loops over list inputs:
+torchvision's detectors, ultralytics' YOLO) is run once on the example inputs instead, and its
+executed forward recorded as the same kind of graph (:mod:`oneprune_ext.graph.capture`, chosen
+by :func:`capture_graph`; :attr:`TraceReport.capture` says which was used).  The rest is the same.
+
 What the tracer cannot understand is **kept fixed**, never pruned wrongly: an op or module
 type without a registry entry, channel shuffles and reshapes that split the channel dim,
 reshapes / views / expands giving the channel dim a literal size (``x.view(n, 8*7*7)``: it
-would not follow a prune), recurrent layers, and submodules ``torch.fx`` cannot trace
-(data-dependent control flow or shapes), which become black boxes.  All such places are
+would not follow a prune), recurrent layers, and branches taken on values computed from
+prunable channels (in an executed forward).  All such places are
 collected into one :class:`TraceReport`; with ``on_unsupported="freeze"`` (the default) one
 warning lists them all, with ``"error"`` one :class:`UnsupportedOpError` does.
 
@@ -38,6 +43,7 @@ import torch.nn as nn
 from torch import fx
 from torch.fx.node import map_arg
 
+from .capture import RecordedForward, is_leaf, module_state, record_forward
 from .groups import ChannelGroups
 from .propagation import OPAQUE, Call, ChannelInfo, FrozenPlace, ParamRef, Propagation, SizeRef, TMeta
 from .registry import function_entry, is_registered_leaf, method_entry, module_entry, size_attr_sites
@@ -87,10 +93,14 @@ class TraceReport:
         groups: the prunable channel groups.
         frozen: the places the tracer did not understand that kept prunable channels fixed
             (op, node, reason, and the names of the groups kept fixed).
+        capture: how the graph was captured: ``"torch.fx"`` (symbolic tracing) or
+            ``"executed forward"`` (the forward run once on the example inputs and followed,
+            for models ``torch.fx`` cannot trace whole; see :mod:`oneprune_ext.graph.capture`).
     """
 
     groups: ChannelGroups
     frozen: list[FrozenPlace] = field(default_factory=list)
+    capture: str = "torch.fx"
 
     def frozen_groups(self) -> list[str]:
         """Names of every group kept fixed, in order of first appearance."""
@@ -163,20 +173,29 @@ def _fx_leaf(m: nn.Module) -> bool:
     return is_registered_leaf(m) or fx.Tracer().is_leaf_module(m, "")
 
 
-def trace_graph(model: nn.Module, leaves: Iterable[nn.Module] = ()) -> tuple[fx.Graph, dict[nn.Module, str]]:
+def trace_graph(model: nn.Module, leaves: Iterable[nn.Module] = (), *,
+                whole: bool = False) -> tuple[fx.Graph, dict[nn.Module, str]]:
     """``torch.fx`` graph of ``model``; submodules fx cannot trace become leaves.
 
-    Returns the graph and, per such submodule, why it could not be traced.
+    Returns the graph and, per such submodule, why it could not be traced.  ``whole=True``:
+    one attempt, raising :class:`UnsupportedOpError` as soon as anything cannot be traced.
     """
     extra = set(leaves)
     untraceable: dict[nn.Module, str] = {}
-    for _ in range(1000):
+    for _ in range(1 if whole else 1000):
         tracer = _Tracer(extra)
         try:
-            return tracer.trace(model), untraceable
+            with module_state(model):  # a forward caching on its modules would leave proxies there
+                graph = tracer.trace(model)
+                # tensor constants fx stores on the root module (the graph reads them back)
+                consts = {n.target: getattr(model, n.target) for n in graph.nodes
+                          if n.op == "get_attr" and str(n.target).startswith("_tensor_constant")}
+            for name, value in consts.items():
+                setattr(model, name, value)
+            return graph, untraceable
         except Exception as exc:  # noqa: BLE001 - re-raised below with context
             bad = tracer.failed
-            if bad is None or bad is model or bad in extra:
+            if whole or bad is None or bad is model or bad in extra:
                 raise UnsupportedOpError(
                     f"trace_groups: torch.fx could not trace {type(model).__name__}: {exc}. Put the "
                     f"untraceable submodule in ignored_layers to treat it as a black box.") from exc
@@ -608,6 +627,109 @@ def _check_input_count(model: nn.Module, graph: fx.Graph, inputs: tuple) -> None
                          "entry per input")
 
 
+@dataclass
+class _Captured:
+    """A model's graph, every value's shape, the submodules left as black boxes (fx only), how
+    it was captured, and what the capture itself keeps fixed."""
+
+    graph: fx.Graph
+    meta: dict[fx.Node, Any]
+    untraceable: dict[nn.Module, str]
+    how: str
+    frozen_everything: list[tuple[str, str, str]] = field(default_factory=list)  # (op, place, reason)
+
+
+def _plain_forward_error(model: nn.Module, inputs: tuple) -> Exception | None:
+    """The exception the model's own forward raises on ``inputs`` (eval mode, no autograd), if any."""
+    try:
+        with evaluating(model.modules()), torch.no_grad(), module_state(model):
+            model(*inputs)
+    except Exception as e:  # noqa: BLE001 - returned to the caller
+        return e
+    return None
+
+
+def _silent_modules(model: nn.Module, rec: RecordedForward,
+                    black_boxes: set[nn.Module]) -> list[tuple[str, nn.Module]]:
+    """Modules holding parameters or buffers that neither ran (alone or inside a leaf that ran)
+    nor had a tensor read directly by the recorded forward."""
+    used = {n.target for n in rec.graph.nodes if n.op == "get_attr"}
+    covered = set(rec.ran)
+    for m in rec.ran:
+        if m is not model and is_leaf(m, black_boxes):
+            covered.update(m.modules())  # a leaf may use its children's tensors without calling them
+    out = []
+    for name, m in model.named_modules():
+        own = [f"{name}.{t}" if name else t for t, _ in (*m.named_parameters(recurse=False),
+                                                          *m.named_buffers(recurse=False))]
+        if own and m not in covered and not any(t in used for t in own):
+            out.append((name, m))
+    return out
+
+
+def _record(model: nn.Module, inputs: tuple, black_boxes: set[nn.Module]) -> _Captured:
+    """Follow the executed forward (eval mode; then train mode too when some module did not run).
+
+    Sizes read from shapes are tracked; should the forward refuse them (code that insists on
+    plain ``int``), it is followed again with plain sizes (literal sizes: kept fixed where they
+    size a channel dim)."""
+    sizes = True
+    try:
+        rec = record_forward(model, [(False, inputs)], black_boxes)
+    except Exception:  # noqa: BLE001 - retried without tracked sizes; a real failure raises again
+        sizes = False
+        rec = record_forward(model, [(False, inputs)], black_boxes, sizes=False)
+    silent = _silent_modules(model, rec, black_boxes)
+    note: list[tuple[str, str, str]] = []
+    if silent:
+        try:
+            rec = record_forward(model, [(False, inputs), (True, inputs)], black_boxes, sizes=sizes)
+        except Exception as e:  # noqa: BLE001 - e.g. a detector asking for targets in train mode
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            note = [(type(m).__name__, f"module '{name}'",
+                     f"did not run on the example inputs in eval mode, and the train-mode forward failed ({why}), "
+                     "so the channels it reads are unknown: nothing is pruned; pass example inputs the "
+                     "train-mode forward accepts, or put it in ignored_layers") for name, m in silent]
+    return _Captured(rec.graph, rec.meta, {}, "executed forward", note)
+
+
+def capture_graph(model: nn.Module, inputs: tuple, black_boxes: set[nn.Module]) -> _Captured:
+    """The model's graph: ``torch.fx``'s when it traces the whole model, else the executed forward.
+
+    ``torch.fx`` is tried first (fast: shapes come from a run that skips the arithmetic of
+    convolutions and linears).  When it cannot trace the model's own ``forward``, or only with
+    some submodules as black boxes, the forward is run once and followed instead
+    (:mod:`oneprune_ext.graph.capture`): nothing is a black box there.  Should following it
+    fail where the plain forward works, the fx graph with black boxes is used, or, without
+    one, nothing is pruned and the report says why.
+    """
+    modules = dict(model.named_modules())
+    try:
+        graph, _ = trace_graph(model, black_boxes, whole=True)
+    except UnsupportedOpError:
+        graph = None
+    if graph is not None:
+        _check_input_count(model, graph, inputs)
+        return _Captured(graph, _record_shapes(model, graph, inputs, modules), {}, "torch.fx")
+    try:
+        return _record(model, inputs, black_boxes)
+    except Exception as e:  # noqa: BLE001 - told apart below
+        failed = _plain_forward_error(model, inputs)
+        if failed is not None:
+            raise _forward_failed(model, inputs, failed) from failed
+        try:
+            graph, untraceable = trace_graph(model, black_boxes)
+        except UnsupportedOpError:
+            graph = None
+        if graph is not None:
+            _check_input_count(model, graph, inputs)
+            return _Captured(graph, _record_shapes(model, graph, inputs, modules), untraceable, "torch.fx")
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return _Captured(fx.Graph(), {}, {}, "none", [(
+            type(model).__name__, "the whole model",
+            f"torch.fx cannot trace its forward and following the executed forward failed ({why})")])
+
+
 def trace_report(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
@@ -623,15 +745,20 @@ def trace_report(
     ignored = _validate(model, ignored_layers, "freeze", saliency_params)
     black_boxes = {m for m in ignored if module_entry(m) is None or module_entry(m).couple is None
                    or not _fx_leaf(m)}
-    graph, untraceable = trace_graph(model, black_boxes)
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    _check_input_count(model, graph, inputs)
+    cap = capture_graph(model, inputs, black_boxes)
     modules = dict(model.named_modules())
-    meta = _record_shapes(model, graph, inputs, modules)
-    ctx = _run_walks(model, graph, meta, ignored, untraceable, saliency_params, modules)
+    ctx = _run_walks(model, cap.graph, cap.meta, ignored, cap.untraceable, saliency_params, modules)
     ctx.resolve_shared_slices()
     frozen = [p for p in ctx.frozen_places() if p.frozen]
-    return TraceReport(ChannelGroups(ctx.groups()), frozen)
+    groups = ChannelGroups(ctx.groups())
+    if cap.frozen_everything:
+        names = tuple(g.name for g in groups) or tuple(
+            n for n, m in modules.items() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)))
+        frozen += [FrozenPlace(op, where, reason, names if i == 0 else ())
+                   for i, (op, where, reason) in enumerate(cap.frozen_everything)]
+        groups = ChannelGroups([])
+    return TraceReport(groups, frozen, cap.how)
 
 
 def trace_groups(
@@ -647,7 +774,9 @@ def trace_groups(
     Args:
         model: the network (not modified; its train/eval flags are restored).
         example_inputs: a tensor, or a tuple of positional inputs, for one forward pass
-            (small is fine: only shapes are used, e.g. one 32x32 image).
+            (small is fine: only shapes are used, e.g. one 32x32 image; a torchvision
+            detector takes ``(images,)``, a list of ``[3, H, W]`` tensors).  The forward runs
+            in eval mode.
         ignored_layers: modules whose output channels must never be pruned (see the
             module docstring for containers and custom modules).
         on_unsupported: what to do where the tracer does not understand how channels are
@@ -665,9 +794,10 @@ def trace_groups(
 
     Raises:
         UnsupportedOpError: with ``on_unsupported="error"``, when some prunable channels
-            had to be kept fixed (the message lists every place); or when ``torch.fx``
-            cannot trace the model's own ``forward``.
-        ValueError: a bad option or an ``ignored_layers`` entry that is not a submodule.
+            had to be kept fixed (the message lists every place).  A model ``torch.fx`` cannot
+            trace is followed through its executed forward instead, never an error.
+        ValueError: a bad option, an ``ignored_layers`` entry that is not a submodule, or
+            example inputs the model's forward fails on.
     """
     ignored_layers = list(ignored_layers)
     _validate(model, ignored_layers, on_unsupported, saliency_params)

@@ -105,6 +105,19 @@ register_method(
     "clamp_min_", "clamp_max", "clamp_max_", "clip", "clip_", "abs", "neg", "exp", "sqrt",
     "rsqrt", "square", "pow", "hardswish", "hardsigmoid",
     entry=_ELEMENTWISE)
+# x.type_as(y) / torch.zeros_like(x): y gives only a dtype; a *_like tensor has x's shape, so it
+# follows x's channel count (its own values are constants)
+register_method("type_as", entry=_PASSTHROUGH)
+register_function(torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, torch.rand_like,
+                  torch.randn_like, entry=_PASSTHROUGH)
+
+
+def _couple_new_tensor(ctx: Propagation, call: Call) -> Any:
+    return ctx.opaque_like(call.out)  # x.new_zeros(size): only x's dtype and device are used
+
+
+register_method("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor",
+                entry=LayerEntry("new tensor", _couple_new_tensor))
 register_method("contiguous", "clone", "float", "half", "bfloat16", "double", "to", "type", "detach",
                 entry=_PASSTHROUGH)
 
@@ -241,11 +254,36 @@ def _sizes_ok(ctx: Propagation, call: Call, x: ChannelInfo, out_dim: int) -> boo
     return ok
 
 
+def _param_view(ctx: Propagation, call: Call, x: ParamRef, xm: Any, out: Any) -> Any:
+    """A parameter viewed with size-1 dims added or dropped (``w.view(1, -1, 1, 1)`` to broadcast
+    a per-channel weight): the same parameter dims in the same order, each of size -1 in the
+    view (so it follows a prune)."""
+    _sizes_ok(ctx, call, OPAQUE, -1)
+    if not isinstance(xm, TMeta) or not isinstance(out, TMeta):
+        return ctx.unsupported(x, "reshape of a parameter")
+    kept = [d for d, n in enumerate(xm.shape) if n != 1]
+    dims: list[int | None] = []
+    it = iter(kept)
+    for k, n in enumerate(out.shape):
+        if n == 1:
+            dims.append(None)
+            continue
+        d = next(it, None)
+        if d is None or xm.shape[d] != n:
+            return ctx.unsupported(x, "reshape of a parameter that changes its dims")
+        dims.append(x.dims[d])
+    if next(it, None) is not None:
+        return ctx.unsupported(x, "reshape of a parameter that changes its dims")
+    specs = _size_specs(call)
+    if specs is not None and any(raw != -1 for (raw, _), n in zip(specs, out.shape) if n != 1):
+        return ctx.unsupported(x, "reshape of a parameter to a literal size that would not follow a prune")
+    return ParamRef(x.name, tuple(dims), x.shape, x.is_buffer)
+
+
 def _couple_reshape(ctx: Propagation, call: Call) -> Any:
     x, xm, out = _first(call), _meta0(call), call.out
     if isinstance(x, ParamRef):
-        _sizes_ok(ctx, call, OPAQUE, -1)
-        return ctx.unsupported(x, "reshape of a parameter")
+        return _param_view(ctx, call, x, xm, out)
     if not _chan(x) or not isinstance(xm, TMeta) or not isinstance(out, TMeta):
         _sizes_ok(ctx, call, OPAQUE, -1)  # sizes computed from channel counts go to other channels
         return ctx.opaque_like(out)
@@ -262,7 +300,7 @@ def _couple_reshape(ctx: Propagation, call: Call) -> Any:
     return ChannelInfo(k, tuple((s, b * mult) for s, b in x.segs))
 
 
-_RESHAPE = LayerEntry("reshape", _couple_reshape, handles_sizes=True)
+_RESHAPE = LayerEntry("reshape", _couple_reshape, handles_sizes=True, handles_params=True)
 register_function(torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.unflatten, entry=_RESHAPE)
 register_method("view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "unflatten",
                 entry=_RESHAPE)
@@ -321,6 +359,31 @@ def _couple_expand(ctx: Propagation, call: Call) -> Any:
 
 register_method("expand", "expand_as", entry=LayerEntry("expand", _couple_expand, handles_params=True,
                                                       handles_sizes=True))
+
+
+def _couple_normalize(ctx: Propagation, call: Call) -> Any:
+    x = _first(call)
+    return x if isinstance(x, ChannelInfo) else ctx.opaque_like(call.out)
+
+
+# F.normalize divides by a p-norm: over another dim it is per channel; over the channel dim the
+# kept channels are divided by their own norm after a prune (as a layer norm then normalises over
+# the kept channels), which is the masked dense model's when the removed channels are zero.
+register_function(F.normalize, entry=LayerEntry("normalize", _couple_normalize))
+
+
+def _couple_view_write(ctx: Propagation, call: Call) -> Any:
+    return ctx.unsupported(call.inputs(), "written in place through a view (the tracer does not follow such writes)")
+
+
+def _couple_shape_only(ctx: Propagation, call: Call) -> Any:
+    return OPAQUE  # read for its shape only: its channels are not used
+
+
+# markers of the executed-forward capture (oneprune_ext.graph.capture)
+register_function("oneprune_ext.graph.capture.write_through_view",
+                  entry=LayerEntry("in-place write through a view", _couple_view_write))
+register_function("oneprune_ext.graph.capture.shape_only", entry=LayerEntry("shape only", _couple_shape_only))
 
 
 # ----------------------------------------------------------------------------------
