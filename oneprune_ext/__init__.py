@@ -15,6 +15,8 @@ The package is layered; each sub-package imports only from the ones before it:
 * :mod:`oneprune_ext.storage` -- atomic, checksummed files and pruned-model save / load;
 * :mod:`oneprune_ext.training` -- the bundled trainer, data, models, run reports and plots;
 * :mod:`oneprune_ext.tools` -- ``oneprune profile`` and ``oneprune eval``;
+* :mod:`oneprune_ext.integrations` -- the pruner inside training frameworks (the Lightning callback
+  ``integrations.lightning.OneCyclePruning``; optional extra, not imported here);
 * :mod:`oneprune_ext.cli` -- the ``oneprune`` command, one module per subcommand.
 """
 

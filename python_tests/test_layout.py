@@ -288,3 +288,67 @@ def test_compact_many_accepts_distinct_empty_tensors():
     x, y = torch.randn(0, 4), torch.randn(0, 4)
     outs = ops.compact_many_([x, y], [1, 1], [[1], [0, 3]])
     assert outs[0].shape == (0, 1) and outs[1].shape == (0, 2)
+
+
+# --- following the model ----------------------------------------------------------------
+
+
+def _to_bf16(m):
+    m.to(torch.bfloat16)
+
+
+def _channels_last(m):
+    m.to(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("change", [_channels_last, _to_bf16], ids=lambda f: f.__name__)
+def test_follow_rebuilds_once_for_in_place_changes(change):
+    model, groups = random_layout(1)  # conv2_w: 3x3 kernels, several input channels
+    layout = ChannelLayout(model, groups)
+    assert not layout.drift() and layout.follow() is False  # nothing changed: no rebuild
+    table = layout.table
+    change(model)
+    d = layout.drift()
+    assert d and d.followable and not d.replaced and not d.reshaped
+    assert layout.follow() is True and layout.table is not table
+    assert layout.follow() is False  # once
+    torch.testing.assert_close(ops.grouped_norms(layout), reference.grouped_norms(layout), **TOL[torch.bfloat16])
+
+
+def test_follow_a_round_trip_through_another_format_and_dtype():
+    model, groups = random_layout(1)
+    twin = copy.deepcopy(model)
+    layout = ChannelLayout(model, groups)
+    model.to(memory_format=torch.channels_last).to(torch.float16)
+    assert layout.follow()
+    ops.scale_channels_(layout, torch.ones(layout.num_channels, dtype=torch.bool), 1.0)
+    model.to(torch.float32).to(memory_format=torch.contiguous_format)
+    assert layout.follow()
+    sq, _ = ops.grouped_norms(layout)
+    twin_sq, _ = ops.grouped_norms(ChannelLayout(twin, groups))
+    torch.testing.assert_close(sq, twin_sq, rtol=2e-3, atol=2e-3)  # fp16 round trip of the values
+
+
+@pytest.mark.parametrize("change", _stale_cases()[:3], ids=lambda f: f.__name__)
+def test_follow_refuses_replaced_or_reshaped_parameters(change):
+    model, groups = random_layout(3)
+    layout = ChannelLayout(model, groups)
+    table = layout.table
+    change(model)
+    d = layout.drift()
+    assert not d.followable
+    word = "replaced" if change.__name__ != "reshape_same_numel" else "changed shape"
+    with pytest.raises(ValueError, match=f"{word}.*call layout.rebuild"):
+        layout.follow()
+    assert layout.table is table  # nothing changed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_follow_a_device_move():
+    model, groups = random_layout(8)
+    layout = ChannelLayout(model, groups)
+    model.cuda()
+    assert layout.drift().moved and layout.follow() and layout.device.type == "cuda"
+    torch.testing.assert_close(ops.grouped_norms(layout), reference.grouped_norms(layout))
+    model.cpu()
+    assert layout.follow() and layout.device.type == "cpu"

@@ -196,6 +196,32 @@ def test_skipped_step_applies_no_shrink_and_no_lasso() -> None:
     assert any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters())
 
 
+def test_skipped_step_told_after_the_scaler_update() -> None:
+    """``after_step(lr, skipped=...)`` for a framework whose precision plugin has already called
+    ``scaler.update()``: the scale's drop, a device tensor, marks the skipped step (no host sync)."""
+    model = cnn()
+    pruner = OneCyclePruner(model, X[:1], CONFIG)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    pruner.epoch_start(0)
+    pruner.epoch_end(0, opt)
+    pruner.epoch_start(1)
+    for overflow in (True, False):
+        before = params(model)
+        opt.zero_grad()
+        scaler.scale(F.cross_entropy(model(X), Y)).backward()
+        if overflow:
+            model.conv3.weight.grad[0, 0, 0, 0] = float("inf")
+        scaler.unscale_(opt)  # as Lightning's precision plugin does before its hooks
+        pruner.before_step()
+        scale = scaler._scale.clone()
+        scaler.step(opt)
+        scaler.update()
+        pruner.after_step(LR, skipped=scaler._scale < scale)
+        moved = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
+        assert (not moved) if overflow else moved
+
+
 def test_scaler_misuse_is_explained() -> None:
     model = cnn()
     pruner = OneCyclePruner(model, X[:1], CONFIG)

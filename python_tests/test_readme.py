@@ -46,6 +46,10 @@ def test_readme_loop_runs_and_prunes(index: int) -> None:
     assert sum(p.numel() for p in model.parameters()) < dense
     # the target is reached, overshot by less than one channel
     outcomes.assert_reaches_target(1 - pruner.macs() / pruner.dense_macs, pruner.config.reduction, step)
+    if "ema" in ns:  # a tracked average lost the same channels and kept updating
+        shapes = {k: v.shape for k, v in model.state_dict().items()}
+        assert {k: v.shape for k, v in ns["ema"].module.state_dict().items()} == shapes
+        assert int(ns["ema"].n_averaged) == ns["epochs"] * len(ns["train_loader"])
     x, y = next(iter(ns["train_loader"]))
     loss = ns["criterion"](model(x), y)
     assert torch.isfinite(loss)
@@ -59,6 +63,7 @@ RUN_ELSEWHERE = {
     "op.trace_report(": "test_torchvision.py::test_readme_coverage_snippet and "
                         "test_detection.py::test_readme_detector_snippet (check what they print)",
     "process_group=": "test_ddp.py (the DDP loop under torchrun)",
+    "OneCyclePruning(": "test_lightning.py::test_readme_lightning_example (the whole example, as written)",
 }
 
 

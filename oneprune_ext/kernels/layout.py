@@ -20,6 +20,12 @@ Every call checks that the layout still describes the model: a parameter replace
 object (``load_state_dict(..., assign=True)``, ``module.weight = nn.Parameter(...)``), moved to
 the meta device, reshaped (even to the same number of elements) or given another memory format
 raises an error that says to call :meth:`ChannelLayout.rebuild`.
+
+:meth:`ChannelLayout.follow` is the automatic form for code that owns the layout (the pruner
+calls it outside the step path): the same parameter objects with their shapes, changed in
+place by ``model.to(memory_format=...)``, ``.to(dtype)``, ``.half()``, ``.cuda()`` / ``.cpu()``,
+are followed (the table is rebuilt once); a replaced or reshaped parameter is refused, with
+:meth:`ChannelLayout.drift` saying which and how.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from torch import nn
 from ..graph.groups import ChannelGroups
 from .memory_format import memory_order
 
-__all__ = ["ChannelLayout"]
+__all__ = ["ChannelLayout", "LayoutDrift"]
 
 # Table format (csrc/layout_index.h).
 _MAGIC, _VERSION, _HEADER = 0x4F4E4550, 1, 8
@@ -57,6 +63,52 @@ class _Run:
     block: int = 1
     count: int = 1
     slice_len: int = 0  # elements of one channel in this slice (for the saliency)
+
+
+def _signature(p: torch.Tensor) -> tuple:
+    """What the table depends on (shape, strides of the dims longer than 1) and what the kernels
+    are launched for (dtype, device)."""
+    strides = tuple(st if n > 1 else 0 for n, st in zip(p.shape, p.stride()))
+    return tuple(p.shape), strides, p.dtype, p.device
+
+
+@dataclass(frozen=True)
+class LayoutDrift:
+    """How the covered parameters differ from what a :class:`ChannelLayout` was built for.
+
+    Each field lists parameter names. ``replaced``: another object (or nothing) is registered
+    under the name now; ``reshaped``: ``(name, built shape, shape now)``; ``reformatted``: the
+    same shape in another memory format; ``retyped``: another dtype; ``moved``: another device
+    (``meta`` included). The last three are what :meth:`ChannelLayout.follow` follows.
+    """
+
+    replaced: tuple[str, ...] = ()
+    reshaped: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
+    reformatted: tuple[str, ...] = ()
+    retyped: tuple[str, ...] = ()
+    moved: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.replaced or self.reshaped or self.reformatted or self.retyped or self.moved)
+
+    @property
+    def followable(self) -> bool:
+        """Only in-place changes of memory format, dtype or device (the same objects and shapes)."""
+        return not (self.replaced or self.reshaped)
+
+    def describe(self) -> str:
+        """One line per kind of change, naming the first parameter of each."""
+        out = []
+        if self.replaced:
+            out.append(f"parameter '{self.replaced[0]}' (and {len(self.replaced) - 1} more) was replaced by another "
+                       "tensor object")
+        if self.reshaped:
+            n, a, b = self.reshaped[0]
+            out.append(f"parameter '{n}' (and {len(self.reshaped) - 1} more) changed shape from {list(a)} to {list(b)}")
+        for what, names in (("memory format", self.reformatted), ("dtype", self.retyped), ("device", self.moved)):
+            if names:
+                out.append(f"parameter '{names[0]}' (and {len(names) - 1} more) changed {what}")
+        return "; ".join(out) if out else "nothing changed"
 
 
 class ChannelLayout:
@@ -108,6 +160,54 @@ class ChannelLayout:
         self.num_tiles: int = tables["ntiles"]
         self.num_chunks: int = tables["nchunks"]
         self._placeholders: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._signatures: list[tuple] = [_signature(p) for p in params]
+
+    # ------------------------------------------------------------------ following the model
+    def drift(self) -> LayoutDrift:
+        """How the model's covered parameters differ from what the table was built for (one
+        pass over them; nothing is changed)."""
+        replaced, reshaped, reformatted, retyped, moved = [], [], [], [], []
+        current = dict(self.model.named_parameters())  # a replaced submodule shows here, not in its old dict
+        for name, (pdict, attr, p), sig in zip(self.tensor_names, self._owners, self._signatures):
+            if pdict.get(attr) is not p or current.get(name) is not p:
+                replaced.append(name)
+                continue
+            shape, strides, dtype, device = _signature(p)
+            if shape != sig[0]:
+                reshaped.append((name, sig[0], shape))
+                continue
+            if strides != sig[1]:
+                reformatted.append(name)
+            if dtype != sig[2]:
+                retyped.append(name)
+            if device != sig[3]:
+                moved.append(name)
+        return LayoutDrift(tuple(replaced), tuple(reshaped), tuple(reformatted), tuple(retyped), tuple(moved))
+
+    def follow(self) -> bool:
+        """Follows in-place changes of the covered parameters: the same objects with the same
+        shapes in another memory format, dtype or device (``model.to(memory_format=...)``,
+        ``model.to(torch.bfloat16)``, ``model.cuda()``): rebuilds the table once and returns
+        True. Returns False when nothing changed (one cheap pass, no rebuild).
+
+        Raises:
+            ValueError: a parameter was replaced by another object or reshaped (see
+                :meth:`drift`), or moved to the meta device; nothing is changed then. Only the
+                code that did it knows what the layout should describe now: call
+                :meth:`rebuild` (with new groups if the channels changed).
+        """
+        d = self.drift()
+        if not d:
+            return False
+        if not d.followable:
+            raise ValueError(f"the layout cannot follow the model: {d.describe()}; call layout.rebuild() "
+                             "(with groups that fit the new shapes)")
+        meta = [n for n, p in zip(self.tensor_names, self._params) if p.device.type == "meta"]
+        if meta:
+            raise ValueError(f"parameter '{meta[0]}' is on the meta device (its data is gone): move the model to a "
+                             "real device first")
+        self.rebuild()
+        return True
 
     @staticmethod
     def _collect(groups: ChannelGroups, owners: dict) -> tuple[list[str], dict[str, list]]:

@@ -15,6 +15,8 @@ Imports only from :mod:`oneprune_ext.graph` and :mod:`oneprune_ext.kernels`. The
 * :mod:`.sparsity` -- how strong each step is: a fixed ``reg(t)`` or the shrink curve (``reg="auto"``);
 * :mod:`.sparsity_learning` -- the step path: the regularizer armed per epoch, the step count;
 * :mod:`.compaction` -- :func:`prune_channels`, the in-place physical prune;
+* :mod:`.mirrors` -- copies pruned with the model (EMA / SWA averages: ``pruner.track``);
+* :mod:`.follow` -- the layout follows the model's memory format, dtype and device;
 * :mod:`.state` and :mod:`.state_reader` -- the saved state and its checked reading;
 * :mod:`.epoch_report` -- :class:`EpochReport`, what ``epoch_end`` returns;
 * :mod:`.distributed` -- DDP helpers; :mod:`.profiling` -- profiler ranges and hook timing.
@@ -23,7 +25,9 @@ Loop shapes that work unchanged across the prune: a ``loss`` / ``outputs`` / lis
 losses kept alive (the pruned parameters' cached gradient accumulators are dropped), any
 ``torch.optim`` optimizer with per-element state (its state is compacted), gradient
 accumulation (call ``before_step`` / ``after_step`` once per optimizer step),
-``torch.compile`` (one recompile after the prune), ``channels_last`` models, AMP
+``torch.compile`` (one recompile after the prune), ``channels_last`` models (converted before or
+after the pruner is built: the pruner follows memory format, dtype and device changes, see
+:mod:`oneprune_ext.pruning.follow`), EMA / SWA copies of the model (``pruner.track(ema)``), AMP
 (``before_step(scaler=scaler)`` while the gradients are scaled, ``after_step(lr,
 scaler=scaler)`` between ``scaler.step`` and ``scaler.update``) and DDP (``process_group=``,
 see :mod:`oneprune_ext.pruning.distributed`).

@@ -14,6 +14,11 @@ storage of exactly their size, one tensor at a time, and the dense storage is fr
 as nothing else references it.  Memory only goes down: the peak is the dense model plus
 the largest single kept tensor.
 
+Copies of the model (``mirrors=``: the network inside an EMA or SWA average, see
+:mod:`oneprune_ext.pruning.mirrors`) lose the same entries of the same tensors, in their own
+storage, dtype and memory format; the model and every copy are validated before any of them
+changes.
+
 Loops that keep an autograd graph alive across the prune (the last batch's ``loss``, the
 ``outputs``, a list of past losses) keep working: the parameters' cached gradient
 accumulators, which remember the dense shapes, are dropped, so the next forward builds
@@ -362,19 +367,13 @@ def _check_grads(params: Mapping[str, nn.Parameter], by_tensor: Mapping[str, Any
                 "optimizer.zero_grad(set_to_none=True) before the prune")
 
 
-def _check_no_shared_memory(
-    params: Mapping[str, nn.Parameter],
-    buffers: Mapping[str, torch.Tensor],
-    by_tensor: Mapping[str, Any],
-    optimizer: Optional[torch.optim.Optimizer],
-    state_keys: list[tuple[nn.Parameter, str]],
-) -> None:
-    """Refuse tensors to compact whose memory another tensor of the model (or of the prune) uses.
+def _check_no_shared_memory(plans: list["_Plan"]) -> None:
+    """Refuse tensors to compact whose memory another tensor of the prune uses.
 
     Compaction moves entries inside each tensor's own storage: a second tensor on the same
-    memory (aliased or tied-by-view parameters, a flat parameter buffer) would be corrupted.
+    memory (aliased or tied-by-view parameters, a flat parameter buffer, a "copy" of the model
+    that shares its tensors) would be corrupted.
     """
-    name_of = {id(p): n for n, p in params.items()}
     owners: dict[tuple[Any, int], str] = {}  # (device, storage address) -> the tensor using it
 
     def claim(t: Optional[torch.Tensor], label: str, compacted: bool) -> None:
@@ -395,16 +394,19 @@ def _check_no_shared_memory(
         if other is None or compacted:
             owners[key] = label + ("*" if compacted else "")
 
-    for name, p in params.items():
-        hit = name in by_tensor
-        claim(p.detach(), f"'{name}'", hit)
-        claim(p.grad, f"the .grad of '{name}'", hit)
-    for name, b in buffers.items():
-        claim(b, f"buffer '{name}'", name in by_tensor)
-    if optimizer is not None:
-        for p, key in state_keys:
-            n = name_of.get(id(p))
-            claim(optimizer.state[p][key], f"optimizer state '{key}' of '{n}'", n in by_tensor)
+    for plan in plans:
+        name_of = {id(p): n for n, p in plan.params.items()}
+        pre = plan.label
+        for name, p in plan.params.items():
+            hit = name in plan.by_tensor
+            claim(p.detach(), f"{pre}'{name}'", hit)
+            claim(p.grad, f"the .grad of {pre}'{name}'", hit)
+        for name, b in plan.buffers.items():
+            claim(b, f"{pre}buffer '{name}'", name in plan.by_tensor)
+        if plan.optimizer is not None:
+            for p, key in plan.state_keys:
+                n = name_of.get(id(p))
+                claim(plan.optimizer.state[p][key], f"optimizer state '{key}' of '{n}'", n in plan.by_tensor)
 
 
 def _new_groups(groups: ChannelGroups, masks: Mapping[tuple[str, int], torch.Tensor],
@@ -422,11 +424,82 @@ def _new_groups(groups: ChannelGroups, masks: Mapping[tuple[str, int], torch.Ten
     return ChannelGroups(new_groups)
 
 
+@dataclass
+class _Plan:
+    """One module's part of a prune, validated: what moves, nothing changed yet."""
+
+    model: nn.Module
+    label: str  # "" for the model, "copy 0's " for a mirror (message prefix)
+    params: dict[str, nn.Parameter]
+    buffers: dict[str, torch.Tensor]
+    shapes: dict[str, tuple[int, ...]]
+    by_tensor: dict[str, list[tuple[int, torch.Tensor]]]
+    optimizer: Optional[torch.optim.Optimizer]
+    state_keys: list[tuple[nn.Parameter, str]]
+
+
+def _tensors(model: nn.Module) -> tuple[dict[str, nn.Parameter], dict[str, torch.Tensor], dict[str, tuple[int, ...]]]:
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    shapes = {n: tuple(t.shape) for n, t in {**buffers, **params}.items()}
+    return params, buffers, shapes
+
+
+def _plan_mirror(i: int, mirror: nn.Module, model_shapes: Mapping[str, tuple[int, ...]],
+                 by_tensor: dict[str, list[tuple[int, torch.Tensor]]]) -> _Plan:
+    """A copy of the model loses the model's channels: it must have every tensor the prune moves,
+    with the model's shape (dtype, device and memory format may differ)."""
+    if not isinstance(mirror, nn.Module):
+        raise ValueError(f"prune_channels: mirrors[{i}] is a {type(mirror).__name__}, not an nn.Module (pass the "
+                         "copy itself: AveragedModel(...).module, ModelEMA(...).ema)")
+    params, buffers, shapes = _tensors(mirror)
+    for name in by_tensor:
+        if name not in shapes:
+            raise ValueError(f"prune_channels: mirrors[{i}] ({type(mirror).__name__}) has no tensor '{name}'; a "
+                             "mirror must be a copy of the model")
+        if shapes[name] != model_shapes[name]:
+            raise ValueError(f"prune_channels: mirrors[{i}] ({type(mirror).__name__}): '{name}' has shape "
+                             f"{list(shapes[name])}, the model's has {list(model_shapes[name])}; a mirror must be a "
+                             "copy of the model with its shapes")
+    _check_grads(params, by_tensor)
+    return _Plan(mirror, f"mirrors[{i}]'s ", params, buffers, shapes, by_tensor, None, [])
+
+
+def _apply(plan: _Plan) -> None:
+    """Compact every tensor of one validated plan, in place."""
+    params, by_tensor = plan.params, plan.by_tensor
+    jobs = _collect_jobs(plan.model, params, plan.buffers, by_tensor, plan.optimizer, plan.state_keys)
+    views = _compact_in_place(jobs)
+    # A graph of the dense model that is still alive can no longer be back-propagated: bump the
+    # version counters its saved tensors check, so such a backward raises instead of reading
+    # compacted data (best effort: e.g. inference tensors have no version counter).
+    try:
+        torch.autograd.graph.increment_version(
+            [params[n] for n in by_tensor if n in params] + [j.tensor for j in jobs if j.kind == "buffer"])
+    except RuntimeError:
+        pass
+    for job in jobs:
+        job.tensor = None  # type: ignore[assignment]  # no reference to a dense storage stays here
+    # Phase 1: the compacted views (a consistent pruned model). Data before grads: a grad
+    # must match its parameter's new shape, so clear it first.
+    for job in jobs:
+        if job.kind == "data":
+            job.owner.grad = None
+    for job, v in zip(jobs, views):
+        _put(job, v, first=True)
+    # Phase 2: exact-size storages; each dense one is freed as its last view goes.
+    _release(jobs, views)
+    del jobs, views
+    _update_module_attrs(plan.model, plan.shapes, set(by_tensor))
+
+
 def prune_channels(
     model: nn.Module,
     groups: ChannelGroups,
     keep: Mapping[int, Sequence[int] | torch.Tensor] | Sequence[Sequence[int] | torch.Tensor | None],
     optimizer: torch.optim.Optimizer | None = None,
+    *,
+    mirrors: Sequence[nn.Module] = (),
 ) -> ChannelGroups:
     """Remove every channel not kept, in place, and return the updated groups.
 
@@ -446,6 +519,9 @@ def prune_channels(
         optimizer: optional; its per-parameter state tensors of the parameter's shape are
             compacted along the same dims (any ``torch.optim`` optimizer with per-element
             state: SGD, Adam, AdamW, NAdam, RAdam, Adamax, Adagrad, RMSprop, ...).
+        mirrors: copies of ``model`` (an EMA or SWA average's network: the same parameter and
+            buffer names and shapes; any device, dtype or memory format) that lose the same
+            channels. Their own memory; no optimizer state.
 
     Returns:
         New :class:`ChannelGroups` with sizes ``len(keep[i])`` and slice offsets
@@ -454,60 +530,46 @@ def prune_channels(
     Raises:
         ValueError: a bad ``keep`` (unknown group, empty, unsorted, duplicate, out of
             range), groups that do not match the model, a gradient that is not a dense
-            tensor of its parameter's shape, or an optimizer whose state cannot be sliced
-            (:func:`check_optimizer`); nothing is changed then.
+            tensor of its parameter's shape, an optimizer whose state cannot be sliced
+            (:func:`check_optimizer`), or a mirror that is not a copy of the model (a tensor
+            missing or of another shape, memory shared with the model); nothing is changed
+            then, in the model or in any mirror.
     """
     kept_idx = _validate_keep(groups, keep)
-    params = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
-    shapes = {n: tuple(t.shape) for n, t in {**buffers, **params}.items()}
+    params, buffers, shapes = _tensors(model)
     masks = _kept_per_dim(groups, kept_idx, shapes)
     by_tensor = _moves_per_tensor(masks)
     state_keys = check_optimizer(optimizer, model) if optimizer is not None else []
     _check_grads(params, by_tensor)
-    _check_no_shared_memory(params, buffers, by_tensor, optimizer, state_keys)
+    plans = [_Plan(model, "", params, buffers, shapes, by_tensor, optimizer, state_keys)]
+    plans += [_plan_mirror(i, m, shapes, by_tensor) for i, m in enumerate(mirrors)]
+    if len({id(p.model) for p in plans}) != len(plans):
+        raise ValueError("prune_channels: a mirror is the model itself or is listed twice; pass each copy once")
+    _check_no_shared_memory(plans)
     if not by_tensor:  # every group keeps every channel: nothing to move
         return _new_groups(groups, masks, kept_idx)
 
-    # everything is validated: from here on the model changes
+    # everything is validated: from here on the model and its mirrors change
     with torch.no_grad():
-        jobs = _collect_jobs(model, params, buffers, by_tensor, optimizer, state_keys)
-        views = _compact_in_place(jobs)
-        # A graph of the dense model that is still alive can no longer be back-propagated: bump the
-        # version counters its saved tensors check, so such a backward raises instead of reading
-        # compacted data (best effort: e.g. inference tensors have no version counter).
-        try:
-            torch.autograd.graph.increment_version(
-                [params[n] for n in by_tensor if n in params] + [j.tensor for j in jobs if j.kind == "buffer"])
-        except RuntimeError:
-            pass
-        for job in jobs:
-            job.tensor = None  # type: ignore[assignment]  # no reference to a dense storage stays here
-        # Phase 1: the compacted views (a consistent pruned model). Data before grads: a grad
-        # must match its parameter's new shape, so clear it first.
-        for job in jobs:
-            if job.kind == "data":
-                job.owner.grad = None
-        for job, v in zip(jobs, views):
-            _put(job, v, first=True)
-        # Phase 2: exact-size storages; each dense one is freed as its last view goes.
-        _release(jobs, views)
-        del jobs, views
-    _update_module_attrs(model, shapes, set(by_tensor))
+        for plan in plans:
+            _apply(plan)
     return _new_groups(groups, masks, kept_idx)
 
 
 def prune_to_kept(model: nn.Module, dense_groups: ChannelGroups, keep: Sequence[torch.Tensor],
-                  optimizer: Optional[torch.optim.Optimizer], layout: Any) -> ChannelGroups:
-    """Cut ``model`` (traced into ``dense_groups``) to the ``keep`` channels of each group and rebuild
-    the kernels' ``layout`` for it; returns the groups of the pruned model.
+                  optimizer: Optional[torch.optim.Optimizer], layout: Any,
+                  mirrors: Sequence[nn.Module] = ()) -> ChannelGroups:
+    """Cut ``model`` (traced into ``dense_groups``) and its ``mirrors`` (copies: EMA / SWA networks)
+    to the ``keep`` channels of each group and rebuild the kernels' ``layout`` for it (None: no
+    layout); returns the groups of the pruned model.
 
     The whole cut is validated before anything changes (see :func:`prune_channels`). Runs inside
     the profiler ranges ``oneprune::compaction`` and ``oneprune::layout_rebuild``.
     """
     cut = {gi: k for gi, k in enumerate(keep) if int(k.numel()) < dense_groups[gi].size}
     with torch.no_grad(), profiling.span("compaction"):
-        groups = prune_channels(model, dense_groups, cut, optimizer)
-    with profiling.span("layout_rebuild"):
-        layout.rebuild(groups)  # the dense cost model stays exact: it is a polynomial of kept counts
+        groups = prune_channels(model, dense_groups, cut, optimizer, mirrors=mirrors)
+    if layout is not None:
+        with profiling.span("layout_rebuild"):
+            layout.rebuild(groups)  # the dense cost model stays exact: it is a polynomial of kept counts
     return groups

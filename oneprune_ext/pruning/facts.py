@@ -24,7 +24,7 @@ from .config import PrunerConfig
 from .saliency import Saliency
 from .selection import layer_limits, per_channel_cost, round_kept_counts
 
-__all__ = ["ModelFacts", "check_plain_module", "check_unchanged"]
+__all__ = ["ModelFacts", "check_plain_module"]
 
 
 def check_plain_module(model: Any) -> None:
@@ -37,19 +37,6 @@ def check_plain_module(model: Any) -> None:
                          "torch.compile wrapper; keep forwarding through the compiled one")
     if not isinstance(model, nn.Module):
         raise TypeError(f"OneCyclePruner: model must be an nn.Module, got {type(model).__name__}")
-
-
-def check_unchanged(model: nn.Module, layout: Any) -> None:
-    """Cheap check that nobody reshaped or replaced the parameters behind the pruner's back."""
-    params = dict(model.named_parameters())
-    for name, p, n in zip(layout.tensor_names, layout.parameters(), layout.numels):
-        q = params.get(name)
-        if q is not p or p.numel() != n:
-            what = "was removed or replaced" if q is not p else f"has {p.numel()} elements, expected {n}"
-            raise ValueError(
-                f"parameter '{name}' {what}: the model changed behind the pruner's back. Prune only "
-                "through the pruner, and on resume call pruner.load_state_dict before "
-                "model.load_state_dict (see OneCyclePruner docs); otherwise build a new pruner.")
 
 
 class ModelFacts:

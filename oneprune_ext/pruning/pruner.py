@@ -18,14 +18,17 @@ Usage (every call is cheap; the step-path calls are fused kernels)::
 The method, its differences from the published code and the loop shapes that work across the prune:
 :mod:`oneprune_ext.pruning`; the resume protocol: :mod:`oneprune_ext.pruning.state`. The pruner is a
 facade over named parts: ``facts`` (dense groups, exact costs), ``schedule`` (phases, when to prune),
-``search`` (saliency, selection, stability), ``sparsity`` (the regularizer on every step) and
-:class:`~oneprune_ext.pruning.state.PrunerState` (``state_dict`` and its checked reader).
+``search`` (saliency, selection, stability), ``sparsity`` (the regularizer on every step),
+``mirrors`` (EMA / SWA copies pruned with the model, :mod:`~oneprune_ext.pruning.mirrors`),
+``follower`` (the layout follows the model's memory format, dtype and device,
+:mod:`~oneprune_ext.pruning.follow`) and :class:`~oneprune_ext.pruning.state.PrunerState`
+(``state_dict`` and its checked reader).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, TypeVar, Union
 
 import torch
 import torch.nn as nn
@@ -36,7 +39,9 @@ from ..kernels.layout import ChannelLayout
 from .compaction import prune_to_kept
 from .config import PrunerConfig, config_with_options
 from .epoch_report import EpochReport
-from .facts import ModelFacts, check_plain_module, check_unchanged
+from .facts import ModelFacts, check_plain_module
+from .follow import ModelFollower
+from .mirrors import Mirrors, tensor_shapes
 from .regularizers import Regularizer, regularizer_for
 from .saliency import Saliency, saliency_for
 from .schedule import Schedule
@@ -47,6 +52,8 @@ from .sparsity_learning import SparsityLearning
 from .state import HOOKS, PrunerState
 
 __all__ = ["OneCyclePruner", "EpochReport", "PrunerConfig"]
+
+T = TypeVar("T")
 
 
 def _read(path: str, doc: str) -> Any:
@@ -77,8 +84,9 @@ class OneCyclePruner:
 
     Attributes:
         groups: the channel groups now (kept counts after the prune). layout: the kernels' channel
-        layout. facts, schedule, search, sparsity: the parts. saliency, regularizer: the strategies
-        the options chose (:mod:`~oneprune_ext.pruning.saliency`, :mod:`~oneprune_ext.pruning.regularizers`).
+        layout. facts, schedule, search, sparsity, mirrors, follower: the parts. saliency, regularizer:
+        the strategies the options chose (:mod:`~oneprune_ext.pruning.saliency`,
+        :mod:`~oneprune_ext.pruning.regularizers`).
     """
 
     @profiling.spanned("init")
@@ -95,11 +103,14 @@ class OneCyclePruner:
         self.groups = self.facts.groups
         with profiling.span("layout_build"):
             self.layout = ChannelLayout(model, self.groups)
+        self.follower = ModelFollower(self.layout)
+        touched = sorted({s.name for g in self.groups for s in g.slices})
+        self.mirrors = Mirrors(model, touched, tensor_shapes(model))
         self.dense_macs, self.dense_params = self.facts.dense_macs, self.facts.dense_params
         self.max_reduction: float = self.facts.max_reduction  # the largest reachable reduction
         self.schedule = Schedule(self.config)
         self.search = SubnetworkSearch(self.facts, self.config, self.saliency, _fused_ops, process_group)
-        self.sparsity = SparsityLearning(self.regularizer, strength_for(self.schedule), _fused_ops)
+        self.sparsity = SparsityLearning(self.regularizer, strength_for(self.schedule), _fused_ops, self._follow)
         self._prune_keep: Optional[list[torch.Tensor]] = None
         self._prune_info: dict[str, int] = {}
         self._clock = profiling.HookClock(HOOKS, next(iter(self.layout.parameters()), None))
@@ -114,7 +125,7 @@ class OneCyclePruner:
         ValueError: an epoch outside the run, not after the last one, or started before the last one
         ended; a model reshaped behind the pruner's back."""
         e = self.schedule.check_start(epoch)
-        check_unchanged(self.model, self.layout)
+        self._follow()
         if self.process_group is not None:
             distributed.check_same_on_all_ranks(self.layout.parameters(), self.layout.tensor_names, self.process_group)
         self.schedule.last_start = e
@@ -136,12 +147,14 @@ class OneCyclePruner:
         return self.sparsity.before_step(scaler)
 
     @profiling.hook("after_step")
-    def after_step(self, lr: float, scaler: Optional[Any] = None) -> None:
+    def after_step(self, lr: float, scaler: Optional[Any] = None, *, skipped: Optional[torch.Tensor] = None) -> None:
         """After ``optimizer.step()``, every step of every epoch, with its learning rate: the
         regularizer's shrink (in sparsity learning with ``shrink`` / ``both``: the chosen channels times
         ``1 - reg * lr``, one fused kernel); counts the epoch's steps (``reg="auto"`` plans with them).
-        ``scaler``: call between ``scaler.step`` and ``scaler.update``; a skipped step is not shrunk."""
-        self.sparsity.after_step(lr, scaler)
+        ``scaler``: call between ``scaler.step`` and ``scaler.update``; a skipped step is not shrunk.
+        ``skipped``: instead of ``scaler``, where the scaler was already updated (a framework's
+        precision plugin): a 0-d device tensor, nonzero when the optimizer skipped the step (no host sync)."""
+        self.sparsity.after_step(lr, scaler, skipped)
 
     @profiling.hook("epoch_end")
     def epoch_end(self, epoch: int, optimizer: Optional[torch.optim.Optimizer] = None) -> EpochReport:
@@ -149,6 +162,7 @@ class OneCyclePruner:
         sub-network does not keep (chosen once more with ``reselect_at_prune``) in place, compacting
         ``optimizer``'s state too (pass the optimizer that trains the model); report the epoch."""
         e = self.schedule.check_end(epoch)
+        self._follow()
         phase, psi, sel = self.schedule.phase_at(e), self.tracker.indicator, self.selection
         reduction = sel.reduction if (self.search.searched_now and sel is not None) else None
         due, sq_norm = self._prune_due(e), None
@@ -181,11 +195,50 @@ class OneCyclePruner:
     def _prune(self, epoch: int, optimizer: Optional[torch.optim.Optimizer], sel: Selection) -> dict[str, int]:
         info = {"macs_before": self.macs(), "params_before": self.params()}
         keep = [k.clone() for k in sel.kept_indices]
-        self.groups = prune_to_kept(self.model, self.facts.groups, keep, optimizer, self.layout)
+        self.groups = prune_to_kept(self.model, self.facts.groups, keep, optimizer, self.layout,
+                                    self.mirrors.modules())
+        self.mirrors.after_prune()
         self.search.selection, self.schedule.prune_epoch, self._prune_keep = sel, epoch, keep
         info.update(macs_after=self.macs(), params_after=self.params())
         self._prune_info = dict(info)
         return info
+
+    # ------------------------------------------------------------------ copies and changes of the model
+    def track(self, mirror: T) -> T:
+        """Prune ``mirror``, a copy of the model, with it: an EMA or SWA average of the weights.
+
+        ``mirror`` is a ``torch.optim.swa_utils.AveragedModel`` (EMA or SWA averaging), a timm
+        ``ModelEma`` / ``ModelEmaV2`` / ``ModelEmaV3``, an ultralytics ``ModelEMA``, or a module that
+        copies the model (same parameter and buffer names; any device, dtype or memory format); see
+        :mod:`oneprune_ext.pruning.mirrors`. At the prune it loses exactly the model's channels
+        (parameters and buffers; its holder's own state, such as ``n_averaged``, is kept, and cached
+        tensor lists are dropped), so its updates go on. :meth:`load_state_dict` cuts the copies
+        tracked on a fresh dense model too. A dense copy tracked after the prune is cut at once.
+
+        Returns:
+            ``mirror`` (``ema = pruner.track(AveragedModel(model, ...))``).
+
+        Raises:
+            TypeError: ``mirror`` holds no module. ValueError: it is the model, shares memory with
+                it, is tracked already, or has neither the model's shapes nor its dense shapes;
+                nothing is changed then.
+        """
+        module, dense = self.mirrors.check_new(mirror)
+        if dense and self.pruned:
+            assert self._prune_keep is not None
+            prune_to_kept(module, self.facts.groups, self._prune_keep, None, None)
+        self.mirrors.add(mirror)
+        if dense and self.pruned:
+            self.mirrors.after_prune()
+        return mirror
+
+    def _follow(self) -> bool:
+        """Follow the model's memory format, dtype or device if they changed (rebuild the layout and
+        move the armed device tensors, once); True if it did. Refuses replaced or reshaped parameters."""
+        if not self.follower.check():
+            return False
+        self.sparsity.move_to(self.layout.device)
+        return True
 
     def _reset_step_state(self) -> None:
         """The one reset of an epoch's step state (every epoch start; a restored state starts from it)."""
@@ -200,6 +253,13 @@ class OneCyclePruner:
     selection = _read("search.selection", "The latest :class:`~oneprune_ext.pruning.selection.Selection` or None.")
     history = _read("search.history", "One dict per monitored epoch: epoch, indicator, reduction, kept_counts.")
     total_epochs = _read("config.total_epochs", "Length of the run in epochs (``config.total_epochs``).")
+
+    @property
+    def open_epoch(self) -> Optional[int]:
+        """The epoch started by ``epoch_start`` and not ended yet (None between epochs): a framework
+        resuming from a checkpoint taken inside an epoch knows which epoch is still running."""
+        s = self.schedule
+        return s.last_start if s.last_start is not None and s.last_start != s.last_end else None
     indicator = _read("tracker.indicator", "The latest stability indicator ``psi``.")
 
     @property
@@ -245,8 +305,10 @@ class OneCyclePruner:
         saved = PrunerState(self).read(state)
         cur, dense = list(self.groups.sizes), self.facts.dense_sizes
         if saved["pruned"] and cur == dense and saved["sizes"] != dense:
-            check_unchanged(self.model, self.layout)
-            self.groups = prune_to_kept(self.model, self.facts.groups, saved["prune_keep"], None, self.layout)
+            self._follow()
+            self.groups = prune_to_kept(self.model, self.facts.groups, saved["prune_keep"], None, self.layout,
+                                        self.mirrors.modules())
+            self.mirrors.after_prune()
         elif saved["pruned"] and cur != saved["sizes"]:
             raise ValueError(f"the model is pruned to {cur}, the saved run to {saved['sizes']}; load the "
                              "pruner state into a pruner built on a fresh dense model")

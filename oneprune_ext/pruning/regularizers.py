@@ -13,13 +13,16 @@ step of a sparsity-learning epoch, with the step's strength ``reg`` and learning
 
 A regularizer acts on an :class:`ArmedChannels`: the removal mask and the strengths of one epoch,
 put on the model's device once at the epoch's start, so the step path has no host synchronisation.
+When the model moves to another device, or the kernels refuse a layout its parameters no longer fit
+(another memory format), the armed channels ask the pruner to follow the model (once) and run the
+kernel again.
 How strong each step is (a fixed ``reg(t)`` or ``reg="auto"``) is decided elsewhere
 (:mod:`oneprune_ext.pruning.sparsity`); :func:`regularizer_for` maps the option to its strategy.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 import torch
 
@@ -38,10 +41,12 @@ class ArmedChannels:
         factor: the shrink factor the device tensor starts with (refilled when a step needs another).
     """
 
-    def __init__(self, ops: Any, layout: Any, removal_mask: torch.Tensor, reg: float, factor: float) -> None:
+    def __init__(self, ops: Any, layout: Any, removal_mask: torch.Tensor, reg: float, factor: float,
+                 follow: Optional[Callable[[], bool]] = None) -> None:
         params = layout.parameters()
         device = params[0].device if params else torch.device("cpu")
-        self.ops, self.layout = ops, layout
+        self.ops, self.layout, self.follow = ops, layout, follow
+        self._probe: Optional[torch.Tensor] = params[0] if params else None  # same object for the whole run
         self.mask = removal_mask.to(device)
         self.reg_value, self.factor_value = reg, factor
         self.reg_t = torch.full((), reg, dtype=torch.float32, device=device)
@@ -50,6 +55,26 @@ class ArmedChannels:
     @property
     def device(self) -> torch.device:
         return self.mask.device
+
+    def move_to(self, device: torch.device) -> None:
+        """Put the mask and the strengths on ``device`` (the model moved there), once."""
+        if device != self.mask.device:
+            self.mask = self.mask.to(device)
+            self.reg_t = self.reg_t.to(device)
+            self.factor_t = self.factor_t.to(device)
+
+    def _run(self, kernel: Callable[[], Any]) -> Any:
+        """Run one fused kernel call; follow the model first when it moved (one device comparison),
+        and once more when the kernels refuse a layout the parameters no longer fit (they check
+        shapes and strides before writing anything)."""
+        if self.follow is not None and self._probe is not None and self._probe.device != self.mask.device:
+            self.follow()
+        try:
+            return kernel()
+        except ValueError:
+            if self.follow is None or not self.follow():
+                raise
+            return kernel()
 
     def set_reg(self, value: float) -> None:
         """The group-lasso strength of the coming steps (refilled on the device only when it changes)."""
@@ -60,10 +85,14 @@ class ArmedChannels:
     def add_lasso_gradient(self, scaler: Optional[Any]) -> torch.Tensor:
         """``grad += reg * w / ||g_c||`` on the armed channels; the penalty ``reg * sum_c ||g_c||`` (0-d)."""
         scale = current_scale(scaler)
-        if scale is None:
-            return self.ops.group_lasso_grad_(self.layout, self.mask, self.reg_t)
-        scale = scale.reshape(()).to(self.reg_t.device)
-        return self.ops.group_lasso_grad_(self.layout, self.mask, self.reg_t * scale) / scale
+
+        def kernel() -> torch.Tensor:
+            if scale is None:
+                return self.ops.group_lasso_grad_(self.layout, self.mask, self.reg_t)
+            s = scale.reshape(()).to(self.reg_t.device)
+            return self.ops.group_lasso_grad_(self.layout, self.mask, self.reg_t * s) / s
+
+        return self._run(kernel)
 
     def shrink(self, amount: float, skipped: Optional[torch.Tensor]) -> None:
         """Scale the armed channels by ``1 - amount`` (by 1 where ``skipped`` says the scaler skipped the step)."""
@@ -71,10 +100,15 @@ class ArmedChannels:
         if value != self.factor_value:
             self.factor_t.fill_(value)
             self.factor_value = value
-        factor = self.factor_t
-        if skipped is not None:
-            factor = torch.where(skipped > 0, torch.ones_like(factor), factor)
-        self.ops.scale_channels_(self.layout, self.mask, factor)
+
+        def kernel() -> None:
+            factor = self.factor_t
+            if skipped is not None:
+                s = skipped.reshape(()).to(factor.device)
+                factor = torch.where(s > 0, torch.ones_like(factor), factor)
+            self.ops.scale_channels_(self.layout, self.mask, factor)
+
+        self._run(kernel)
 
 
 @runtime_checkable

@@ -11,7 +11,7 @@ is the one place that clears the step state of an epoch.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
@@ -79,10 +79,12 @@ class SparsityLearning:
         ledger: the :class:`StepLedger`.
     """
 
-    def __init__(self, regularizer: Regularizer, strength: Strength, ops: Any) -> None:
+    def __init__(self, regularizer: Regularizer, strength: Strength, ops: Any,
+                 follow: Optional[Callable[[], bool]] = None) -> None:
         self.regularizer = regularizer
         self.strength = strength
         self.ops = ops
+        self.follow = follow  # the pruner's: follow the model when the kernels no longer fit it
         self.ledger = StepLedger()
         self.armed: Optional[ArmedChannels] = None
         self.reg_value = 0.0
@@ -98,14 +100,19 @@ class SparsityLearning:
         reg, factor = self.strength.plan(epoch, self.ledger.steps_per_epoch, self.ledger.last_lr)
         self.reg_value = reg
         if bool(removal_mask.any()):
-            self.armed = ArmedChannels(self.ops, layout, removal_mask, reg, factor)
+            self.armed = ArmedChannels(self.ops, layout, removal_mask, reg, factor, self.follow)
+
+    def move_to(self, device: torch.device) -> None:
+        """The model moved to ``device``: so do the armed mask and strengths."""
+        if self.armed is not None:
+            self.armed.move_to(device)
 
     def before_step(self, scaler: Optional[Any]) -> Optional[torch.Tensor]:
         if self.armed is None:
             return None
         return self.regularizer.before_step(self.armed, scaler)
 
-    def after_step(self, lr: Any, scaler: Optional[Any]) -> None:
+    def after_step(self, lr: Any, scaler: Optional[Any], skipped: Optional[torch.Tensor] = None) -> None:
         armed = self.armed
         if armed is None:
             self.ledger.idle_step(lr)
@@ -115,7 +122,8 @@ class SparsityLearning:
         if lr != self.ledger.last_lr and (not is_real(lr) or not math.isfinite(lr) or lr < 0):
             raise ValueError(f"after_step: lr must be a finite number >= 0, got {lr!r}")
         lr = float(lr)
-        skipped = found_inf(scaler, armed.device) if self.regularizer.shrinks else None  # checks the scaler
+        if skipped is None:
+            skipped = found_inf(scaler, armed.device) if self.regularizer.shrinks else None  # checks the scaler
         amount = self.strength.take_step(lr)
         self.ledger.step(amount, lr)
         if self.regularizer.adds_gradient:

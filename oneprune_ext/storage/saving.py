@@ -17,19 +17,26 @@ in the same directory, fsync, ``os.replace``) and carries a format version and a
 of its contents (:mod:`oneprune_ext.storage.files`): a truncated, empty or damaged file is refused
 with one line naming it. Everything is checked before the model changes: a file that does
 not fit leaves the model as it was.
+
+EMA and SWA averages: ``save_pruned`` of an ``AveragedModel``, a timm ``ModelEma*`` or an
+ultralytics ``ModelEMA`` saves the averaged network (what gets evaluated and shipped), so the
+file loads into a plain model; ``load_pruned(model, path, mirrors=[ema])`` also reshapes the
+copies of a freshly built model and gives them the loaded weights (the average then starts
+from the loaded model).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
 from . import files
 from ..graph.registry import restore_attrs, structure_attrs
+from ..pruning.mirrors import mirror_kind, mirror_module
 
 __all__ = ["save_pruned", "load_pruned", "structure_record"]
 
@@ -52,9 +59,22 @@ def structure_record(model: nn.Module) -> dict[str, Any]:
     }
 
 
+def _network(model: Any) -> nn.Module:
+    """The network of ``model``: the copy inside an EMA / SWA holder, else ``model`` itself."""
+    if mirror_kind(model) is not None or not isinstance(model, nn.Module):
+        return mirror_module(model)
+    return model
+
+
 def save_pruned(model: nn.Module, path: str | os.PathLike) -> None:
     """Write ``model``'s state_dict and structure record to ``path`` atomically, with a format
-    version and a checksum."""
+    version and a checksum.
+
+    ``model`` may be an EMA / SWA average (``AveragedModel``, timm ``ModelEma*``, ultralytics
+    ``ModelEMA``): its averaged network is saved, without the holder's counters, so the file
+    loads into a plain model with :func:`load_pruned`.
+    """
+    model = _network(model)
     record = structure_record(model)
     files.write_checked({"structure": json.dumps(record), "state_dict": model.state_dict()}, path, _KIND, _VERSION)
 
@@ -194,14 +214,20 @@ def _reshape(model: nn.Module, record: Mapping[str, Any]) -> None:
                                  f"shapes say {implied.get(attr)}")
 
 
-def load_pruned(model: nn.Module, path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
+def load_pruned(model: nn.Module, path: str | os.PathLike, map_location: Any = "cpu", *,
+                mirrors: Sequence[Any] = ()) -> nn.Module:
     """Reshape a freshly built ``model`` to the saved structure and load the weights.
 
     Args:
         model: a dense instance of the same architecture (modified in place; its
-            parameters stay the same ``nn.Parameter`` objects).
+            parameters stay the same ``nn.Parameter`` objects). An EMA / SWA holder loads
+            into its averaged network (as :func:`save_pruned` saves it).
         path: a file written by :func:`save_pruned`.
         map_location: passed to ``torch.load``.
+        mirrors: copies of ``model`` made before the load (EMA / SWA averages: anything
+            ``OneCyclePruner.track`` accepts): reshaped to the same structure and given the
+            loaded weights (in their own dtype and device); their holders' counters
+            (``n_averaged``, ``updates``) are left as they are.
 
     Returns:
         ``model``.
@@ -215,19 +241,29 @@ def load_pruned(model: nn.Module, path: str | os.PathLike, map_location: Any = "
             that disagree with the tensors' shapes).  Nothing is changed then.
     """
     spath = os.fspath(path)
+    holders = list(mirrors)
+    nets = [_network(model)] + [mirror_module(h) for h in holders]
+    if len({id(n) for n in nets}) != len(nets):
+        raise _err(spath, "a mirror is the model itself or is listed twice")
     data = files.read_checked(spath, _KIND, (1, _VERSION), map_location=map_location, use="load_pruned")
     record, state = _read_record(spath, data)
-    _check_fits(spath, model, record)
+    for net in nets:
+        _check_fits(spath, net, record)
     # everything that can be checked without changing the model is checked: now change it,
     # and undo every change if the load still fails
-    undo = _snapshot(model)
+    undo = [u for net in nets for u in _snapshot(net)]
     try:
-        with torch.no_grad():
-            _reshape(model, record)
-        model.load_state_dict(state, strict=True)
+        for net in nets:
+            with torch.no_grad():
+                _reshape(net, record)
+            net.load_state_dict(state, strict=True)
     except Exception as e:
         _undo(undo)
         if isinstance(e, ValueError):
             raise _err(spath, f"{e} (nothing was changed)") from None
         raise
+    for h in holders:
+        kind = mirror_kind(h)
+        if kind is not None:
+            kind.after_prune(h)
     return model
